@@ -1,0 +1,66 @@
+# Two commands do everything on a fresh machine: `make run` and `make test`.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+VAESERVE := $(VENV)/bin/vaeserve
+RUN_DIR ?= runs/default
+ARTIFACTS ?= artifacts
+FASHION_MNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
+# Debian packages the tests use as real peers (load balancer, Prometheus, load generator, browser).
+TEST_DEBS := dataset-fashion-mnist nginx prometheus wrk chromium
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+TRAIN_ARGS ?= --epochs 30
+
+.PHONY: run test venv dataset model export serve lint bench clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	# Exactly torch==2.13.0 first: a bare `torch` would pull a multi-GB CUDA build.
+	$(PIP) install -q torch==2.13.0
+	$(PIP) install -q -e '.[train,serve,dev]'
+	touch $@
+
+venv: $(VENV)/.installed
+
+dataset:
+	@if [ ! -f $(FASHION_MNIST) ]; then \
+	  echo "installing Debian's dataset-fashion-mnist"; \
+	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq dataset-fashion-mnist; \
+	fi
+
+$(RUN_DIR)/best.pt: | venv dataset
+	$(VAESERVE) train --out $(RUN_DIR) $(TRAIN_ARGS)
+	$(VAESERVE) evaluate --checkpoint $(RUN_DIR)/best.pt
+
+$(ARTIFACTS)/manifest.json: $(RUN_DIR)/best.pt
+	$(VAESERVE) export --checkpoint $(RUN_DIR)/best.pt --out $(ARTIFACTS)
+
+model: $(RUN_DIR)/best.pt
+export: $(ARTIFACTS)/manifest.json
+
+serve: export
+	$(VAESERVE) serve --artifacts $(ARTIFACTS)
+
+# Train the default model if none is there, export it, and serve it on 127.0.0.1:8000.
+run: serve
+
+test-debs:
+	@missing=""; for p in $(TEST_DEBS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; \
+	fi
+
+lint: venv
+	$(VENV)/bin/ruff check model training service tests benchmarks
+
+test: venv test-debs lint
+	$(VENV)/bin/pytest -q tests
+
+bench: export
+	$(PY) benchmarks/train_speed.py
+
+clean:
+	rm -rf $(VENV) runs artifacts test-artifacts

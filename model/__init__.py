@@ -1,0 +1,1 @@
+"""The VAE (Kingma & Welling 2013): configuration, networks, and the math, written once."""

@@ -1,0 +1,63 @@
+"""The architecture config: a frozen dataclass saved with every checkpoint and manifest."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+from typing import Any, Literal
+
+Likelihood = Literal["bernoulli", "gaussian"]
+GaussianVariance = Literal["learned", "fixed"]
+
+
+@dataclass(frozen=True)
+class VAEConfig:
+    """Everything needed to rebuild the networks; downstream code rebuilds from this alone."""
+
+    input_shape: tuple[int, ...] = (1, 28, 28)
+    hidden_sizes: tuple[int, ...] = (512, 512)
+    latent_dim: int = 20
+    # bernoulli: images in [0, 1], decoder emits logits; gaussian: continuous / tabular data.
+    likelihood: Likelihood = "bernoulli"
+    # gaussian only: a learned per-feature log-variance, or a fixed one (fixed_log_var).
+    gaussian_variance: GaussianVariance = "learned"
+    fixed_log_var: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not self.input_shape or any(d <= 0 for d in self.input_shape):
+            raise ValueError(f"input_shape must be positive dimensions, got {self.input_shape}")
+        if self.latent_dim <= 0:
+            raise ValueError(f"latent_dim must be positive, got {self.latent_dim}")
+        if any(h <= 0 for h in self.hidden_sizes):
+            raise ValueError(f"hidden_sizes must be positive, got {self.hidden_sizes}")
+        if self.likelihood not in ("bernoulli", "gaussian"):
+            raise ValueError(f"likelihood must be 'bernoulli' or 'gaussian', got {self.likelihood!r}")
+        if self.gaussian_variance not in ("learned", "fixed"):
+            raise ValueError(f"gaussian_variance must be 'learned' or 'fixed', got {self.gaussian_variance!r}")
+
+    @property
+    def input_dim(self) -> int:
+        """Number of features of one flattened example."""
+        return math.prod(self.input_shape)
+
+    @property
+    def is_image(self) -> bool:
+        """Images are (C, H, W) with pixels in [0, 1]."""
+        return len(self.input_shape) == 3 and self.likelihood == "bernoulli"
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-friendly form (tuples become lists)."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> VAEConfig:
+        """Inverse of to_dict; unknown keys are an error so stale manifests fail loudly."""
+        known = {f.name for f in fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"unknown VAEConfig keys: {sorted(unknown)}")
+        values = dict(data)
+        for key in ("input_shape", "hidden_sizes"):
+            if key in values:
+                values[key] = tuple(int(v) for v in values[key])
+        return cls(**values)

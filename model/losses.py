@@ -1,0 +1,68 @@
+"""The VAE's math as pure per-example functions; training reduces them, export bakes them in.
+
+References: Kingma & Welling 2013 ("Auto-Encoding Variational Bayes", KI14), Burda et al. 2015
+("Importance Weighted Autoencoders", BGS15), Kingma et al. 2016 ("Improved Variational Inference
+with Inverse Autoregressive Flow", free bits, KSJ+16).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+LOG_2PI = math.log(2.0 * math.pi)
+
+
+def kl_per_dim(mu: torch.Tensor, log_var: torch.Tensor) -> torch.Tensor:
+    """KL(N(mu, diag(exp(log_var))) || N(0, I)) per dimension, closed form (KI14, appendix B)."""
+    return 0.5 * (mu.pow(2) + log_var.exp() - 1.0 - log_var)  # (..., D)
+
+
+def bernoulli_log_prob(logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """log Bernoulli(x | sigmoid(logits)) per feature, stable for any logit (= -BCE with logits)."""
+    return x * logits - F.softplus(logits)  # (..., F)
+
+
+def gaussian_log_prob(mean: torch.Tensor, log_var: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """log N(x | mean, exp(log_var)) per feature, constants included: a true log density."""
+    return -0.5 * (LOG_2PI + log_var + (x - mean).pow(2) * torch.exp(-log_var))  # (..., F)
+
+
+def log_normal_diag(z: torch.Tensor, mu: torch.Tensor, log_var: torch.Tensor) -> torch.Tensor:
+    """log N(z | mu, diag(exp(log_var))) summed over the last dimension."""
+    return gaussian_log_prob(mu, log_var, z).sum(-1)
+
+
+def reparameterize(mu: torch.Tensor, log_var: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+    """z = mu + sigma * eps (KI14 section 2.4); eps is an input so callers control the noise."""
+    return mu + torch.exp(0.5 * log_var) * eps
+
+
+def free_bits_kl(kl_dims: torch.Tensor, free_bits: float) -> torch.Tensor:
+    """Free-bits KL for a batch (KSJ+16, eq. 15): sum_j max(lambda, mean_batch KL_j).
+
+    kl_dims is (B, D). Dimensions whose batch-mean KL is below lambda get no KL gradient, so the
+    optimizer is not pushed to collapse them further. With free_bits=0 this is the plain batch-mean KL.
+    """
+    per_dim = kl_dims.mean(0)  # (D,)
+    if free_bits > 0:
+        per_dim = per_dim.clamp(min=free_bits)
+    return per_dim.sum()
+
+
+def iwae_log_weights(
+    log_px_given_z: torch.Tensor, z: torch.Tensor, mu: torch.Tensor, log_var: torch.Tensor
+) -> torch.Tensor:
+    """log w_k = log p(x|z_k) + log p(z_k) - log q(z_k|x), shapes (B, K) from z (B, K, D)."""
+    log_pz = log_normal_diag(z, torch.zeros_like(z), torch.zeros_like(z))  # (B, K)
+    log_qz = log_normal_diag(z, mu.unsqueeze(1), log_var.unsqueeze(1))  # (B, K)
+    return log_px_given_z + log_pz - log_qz
+
+
+def iwae_bound(log_weights: torch.Tensor) -> torch.Tensor:
+    """Importance-weighted bound per example (BGS15 eq. 8): logsumexp_k log w_k - log K, (B,)."""
+    # log K from the tensor itself, not a Python int, so exported graphs keep K dynamic.
+    log_k = torch.log(torch.ones_like(log_weights).sum(-1))
+    return torch.logsumexp(log_weights, dim=-1) - log_k

@@ -1,0 +1,121 @@
+"""The networks: a Gaussian encoder q(z|x) and a decoder p(x|z), MLPs rebuilt from VAEConfig."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from torch import nn
+
+from model.config import VAEConfig
+from model.losses import (
+    bernoulli_log_prob,
+    gaussian_log_prob,
+    iwae_log_weights,
+    kl_per_dim,
+    reparameterize,
+)
+
+
+def mlp(sizes: list[int]) -> nn.Sequential:
+    """Linear layers with ReLU between them (none after the last)."""
+    layers: list[nn.Module] = []
+    for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+        layers.append(nn.Linear(n_in, n_out))
+        if i < len(sizes) - 2:
+            layers.append(nn.ReLU())
+    return nn.Sequential(*layers)
+
+
+class MonteCarloTerms(NamedTuple):
+    """Everything the ELBO, the IWAE bound and explanations need, for K noise draws per example."""
+
+    log_px_features: torch.Tensor  # (B, K, F) log p(x_f | z_k)
+    kl_dims: torch.Tensor  # (B, D) closed-form KL per latent dimension
+    log_weights: torch.Tensor  # (B, K) log p(x|z_k) + log p(z_k) - log q(z_k|x)
+    mu: torch.Tensor  # (B, D)
+    log_var: torch.Tensor  # (B, D)
+
+
+class Encoder(nn.Module):
+    """q(z|x) = N(mu(x), diag(exp(log_var(x))))."""
+
+    def __init__(self, config: VAEConfig) -> None:
+        super().__init__()
+        sizes = [config.input_dim, *config.hidden_sizes]
+        self.body = nn.Sequential(mlp(sizes), nn.ReLU()) if config.hidden_sizes else nn.Identity()
+        width = sizes[-1]
+        self.to_mu = nn.Linear(width, config.latent_dim)
+        self.to_log_var = nn.Linear(width, config.latent_dim)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        h = self.body(x)  # (B, H)
+        return self.to_mu(h), self.to_log_var(h)  # (B, D), (B, D)
+
+
+class Decoder(nn.Module):
+    """p(x|z): logits of a Bernoulli, or the mean of a Gaussian (variance learned or fixed)."""
+
+    def __init__(self, config: VAEConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.net = mlp([config.latent_dim, *reversed(config.hidden_sizes), config.input_dim])
+        learn_var = config.likelihood == "gaussian" and config.gaussian_variance == "learned"
+        # One log-variance per feature, shared across examples: stable and enough for tabular data.
+        self.log_var = nn.Parameter(
+            torch.full((config.input_dim,), float(config.fixed_log_var)), requires_grad=learn_var
+        )
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.net(z)  # (..., F): logits (bernoulli) or mean (gaussian)
+
+    def log_prob(self, params: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """log p(x|z) per feature."""
+        if self.config.likelihood == "bernoulli":
+            return bernoulli_log_prob(params, x)
+        return gaussian_log_prob(params, self.log_var.expand_as(params), x)
+
+    def mean(self, params: torch.Tensor) -> torch.Tensor:
+        """E[x|z]: pixel probabilities or the Gaussian mean."""
+        return torch.sigmoid(params) if self.config.likelihood == "bernoulli" else params
+
+
+class VAE(nn.Module):
+    """Variational autoencoder (Kingma & Welling 2013) on flattened inputs (B, F)."""
+
+    def __init__(self, config: VAEConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.encoder = Encoder(config)
+        self.decoder = Decoder(config)
+
+    def monte_carlo_terms(
+        self, x: torch.Tensor, eps: torch.Tensor, reduce_dtype: torch.dtype | None = None
+    ) -> MonteCarloTerms:
+        """Encode x (B, F), draw z_k = mu + sigma * eps_k with eps (B, K, D), and score.
+
+        reduce_dtype (e.g. float64) is used for the per-feature terms and their sums: a sum of 784
+        float32 log-probabilities carries ~1e-4 nats of rounding, too much for parity checks.
+        """
+        mu, log_var = self.encoder(x)  # (B, D)
+        z = reparameterize(mu.unsqueeze(1), log_var.unsqueeze(1), eps)  # (B, K, D)
+        log_px_features = self.decoder.log_prob(self.decoder(z), x.unsqueeze(1))  # (B, K, F)
+        if reduce_dtype is not None:
+            log_px_features, z = log_px_features.to(reduce_dtype), z.to(reduce_dtype)
+            mu, log_var = mu.to(reduce_dtype), log_var.to(reduce_dtype)
+        log_weights = iwae_log_weights(log_px_features.sum(-1), z, mu, log_var)  # (B, K)
+        return MonteCarloTerms(log_px_features, kl_per_dim(mu, log_var), log_weights, mu, log_var)
+
+    def forward(self, x: torch.Tensor, eps: torch.Tensor) -> MonteCarloTerms:
+        return self.monte_carlo_terms(x, eps)
+
+    @torch.no_grad()
+    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
+        """Decoder mean at the posterior mean: deterministic, as served."""
+        mu, _ = self.encoder(x)
+        return self.decoder.mean(self.decoder(mu))
+
+    @torch.no_grad()
+    def generate(self, z: torch.Tensor) -> torch.Tensor:
+        """Decoder mean for given latents (draw z ~ N(0, I) outside for reproducibility)."""
+        return self.decoder.mean(self.decoder(z))

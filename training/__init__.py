@@ -1,0 +1,1 @@
+"""Offline training, evaluation, pictures and export of the VAE."""

@@ -1,0 +1,198 @@
+"""The `vaeserve` command: train, evaluate, export, serve. Imports lazily: `serve` needs no torch."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+DEFAULT_RUN_DIR = Path("runs/default")
+DEFAULT_ARTIFACTS = Path("artifacts")
+
+
+def _add_data_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("data")
+    group.add_argument("--data", default="fashion-mnist",
+                       help="'fashion-mnist' (Debian's dataset-fashion-mnist) or a .npy/.csv feature matrix "
+                            "(rows are examples; trains a Gaussian VAE on standardized features)")
+    group.add_argument("--data-dir", default=None,
+                       help="Fashion-MNIST IDX folder (default /usr/share/datasets/fashion-mnist)")
+    group.add_argument("--test-data", default=None, help="features only: a held-out test matrix (.npy/.csv)")
+    group.add_argument("--normal-classes", type=int, nargs="*", default=[],
+                       help="Fashion-MNIST classes 0-9 to train on (one-class anomaly models); default all")
+    group.add_argument("--val-fraction", type=float, default=1 / 12, help="share of training data held out for validation")
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="vaeserve", description="Train, export and serve variational autoencoders.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    train = sub.add_parser("train", help="train a VAE and save checkpoints, metrics and pictures",
+                           formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    _add_data_options(train)
+    arch = train.add_argument_group("model")
+    arch.add_argument("--latent-dim", type=int, default=20, help="latent dimensions D")
+    arch.add_argument("--hidden", type=int, nargs="+", default=[512, 512], help="hidden layer widths (encoder; decoder mirrors)")
+    arch.add_argument("--gaussian-variance", choices=["learned", "fixed"], default="learned",
+                      help="Gaussian likelihood (feature data): learned per-feature variance or fixed at 1")
+    opt = train.add_argument_group("optimization")
+    opt.add_argument("--epochs", type=int, default=30, help="passes over the training set")
+    opt.add_argument("--batch-size", type=int, default=128, help="examples per optimizer step (global, across processes)")
+    opt.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
+    opt.add_argument("--seed", type=int, default=0, help="seed for initialization, shuffling, binarization and noise")
+    opt.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N")
+    opt.add_argument("--precision", choices=["fp32", "bf16"], default="fp32", help="bf16 autocast for the networks")
+    opt.add_argument("--beta", type=float, default=1.0, help="KL weight (beta-VAE, Higgins et al. 2017)")
+    opt.add_argument("--kl-warmup-steps", type=int, default=0, help="linear KL annealing from 0 to beta over N steps")
+    opt.add_argument("--free-bits", type=float, default=0.0, help="per-dimension KL floor in nats (Kingma et al. 2016)")
+    opt.add_argument("--no-binarize", dest="binarize", action="store_false",
+                     help="train on grayscale pixels instead of dynamically binarized ones")
+    opt.add_argument("--max-steps", type=int, default=0, help="stop after N optimizer steps (0: no limit)")
+    train.add_argument("--out", type=Path, default=DEFAULT_RUN_DIR, help="run folder for checkpoints, metrics, pictures")
+
+    evaluate = sub.add_parser("evaluate", help="test -ELBO, importance-weighted NLL, active units, AUROC",
+                              formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    evaluate.add_argument("--checkpoint", type=Path, default=DEFAULT_RUN_DIR / "best.pt", help="checkpoint to evaluate")
+    evaluate.add_argument("--iwae-k", type=int, default=5000, help="importance samples K for the NLL estimate")
+    evaluate.add_argument("--iwae-examples", type=int, default=500, help="test examples for the IWAE NLL (0: all)")
+    evaluate.add_argument("--out", type=Path, default=None, help="where to write evaluation.json (default: beside the checkpoint)")
+
+    export = sub.add_parser("export", help="export ONNX + TorchScript graphs, parity-check, write manifest.json",
+                            formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    export.add_argument("--checkpoint", type=Path, default=DEFAULT_RUN_DIR / "best.pt", help="checkpoint to export")
+    export.add_argument("--out", type=Path, default=DEFAULT_ARTIFACTS, help="artifacts folder the service loads")
+    export.add_argument("--name", default="fashion-mnist-vae", help="model name reported by the service")
+    export.add_argument("--version", default=None, help="model version (default: UTC timestamp)")
+
+    serve = sub.add_parser("serve", help="serve exported artifacts over HTTP (settings also from VAESERVE_* variables)",
+                           formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    serve.add_argument("--artifacts", type=Path, default=None, help="artifacts folder (VAESERVE_ARTIFACTS_DIR)")
+    serve.add_argument("--host", default=None, help="bind address (VAESERVE_HOST, default 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=None, help="TCP port (VAESERVE_PORT, default 8000)")
+    serve.add_argument("--backend", choices=["onnxruntime", "torchscript"], default=None, help="VAESERVE_BACKEND")
+    serve.add_argument("--device", choices=["auto", "cpu", "cuda"], default=None, help="VAESERVE_DEVICE")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    handlers = {"train": _train, "evaluate": _evaluate, "export": _export, "serve": _serve}
+    try:
+        return handlers[args.command](args)
+    except Exception as exc:  # noqa: BLE001 - one place turns known failures into a clear exit
+        from model.manifest import ArtifactError
+
+        known = (ValueError, FileNotFoundError, ArtifactError) + _training_errors()
+        if isinstance(exc, known):
+            print(f"vaeserve {args.command}: error: {exc}", file=sys.stderr)
+            return 2
+        raise
+
+
+def _training_errors() -> tuple[type[Exception], ...]:
+    try:
+        from training.data import DatasetError
+        from training.export import ParityError
+    except ImportError:  # serve-only install without torch
+        return ()
+    return DatasetError, ParityError
+
+
+def _data_spec(args: argparse.Namespace) -> Any:
+    from training.data import DataSpec
+
+    if args.data == "fashion-mnist":
+        return DataSpec(kind="fashion-mnist", path=args.data_dir, classes=tuple(args.normal_classes),
+                        val_fraction=args.val_fraction)
+    return DataSpec(kind="features", path=args.data, test_path=args.test_data, val_fraction=args.val_fraction)
+
+
+def _train(args: argparse.Namespace) -> int:
+    from model.config import VAEConfig
+    from training.config import TrainConfig
+    from training.data import load_dataset
+    from training.loop import train
+    from training.plots import save_curves, save_pictures
+
+    data = load_dataset(_data_spec(args))
+    image = data.spec is not None and data.spec.kind == "fashion-mnist"
+    model_config = VAEConfig(input_shape=data.input_shape, hidden_sizes=tuple(args.hidden), latent_dim=args.latent_dim,
+                             likelihood="bernoulli" if image else "gaussian", gaussian_variance=args.gaussian_variance)
+    train_config = TrainConfig(
+        epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed, device=args.device,
+        beta=args.beta, kl_warmup_steps=args.kl_warmup_steps, free_bits=args.free_bits,
+        binarize=args.binarize and image, precision=args.precision, max_steps=args.max_steps,
+    )
+    result = train(model_config, train_config, data, args.out)
+    import torch.distributed as dist
+
+    if dist.is_initialized() and dist.get_rank() != 0:
+        return 0
+    from training.checkpoint import load_checkpoint
+
+    best, _ = load_checkpoint(result.best_path)
+    save_curves(result.history, args.out / "curves.png")
+    if image:
+        save_pictures(best, data.test_x, args.out, kl_per_dim=result.history[-1]["kl_per_dim"])
+    logging.getLogger("vaeserve").info("best checkpoint %s; pictures and metrics.jsonl in %s", result.best_path, args.out)
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from training.checkpoint import load_checkpoint
+    from training.data import DataSpec, load_dataset
+    from training.evaluate import auroc, binarize_fixed, evaluate_model, score_examples
+
+    model, payload = load_checkpoint(args.checkpoint)
+    spec = DataSpec.from_dict(payload["data_spec"])
+    data = load_dataset(spec)
+    test_x = data.test_x if data.mean is None else ((data.test_x - data.mean) / data.std).astype("float32")
+    if payload["train_config"].get("binarize") and model.config.likelihood == "bernoulli":
+        test_x = binarize_fixed(test_x, seed=0)  # the binarized-test-set protocol for NLL
+    report = evaluate_model(model, test_x, iwae_k=args.iwae_k, iwae_examples=args.iwae_examples)
+    report["test_binarized"] = bool(payload["train_config"].get("binarize"))
+    if spec.classes and data.test_y is not None:
+        raw = data.test_x
+        scores = score_examples(model, raw, k=16)
+        anomalous = ~__import__("numpy").isin(data.test_y, list(spec.classes))
+        report["auroc"] = {name: auroc(scores[f"{name}_score"], anomalous) for name in ("elbo", "iwae")}
+    out = args.out or args.checkpoint.parent / "evaluation.json"
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    summary = {k: report[k] for k in ("test_neg_elbo", "iwae_nll", "iwae_k", "iwae_examples", "active_units")}
+    print(json.dumps({**summary, **({"auroc": report["auroc"]} if "auroc" in report else {})}, indent=2))
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from datetime import datetime, timezone
+
+    from training.checkpoint import load_checkpoint
+    from training.data import DataSpec, load_dataset
+    from training.export import export_model
+
+    model, payload = load_checkpoint(args.checkpoint)
+    data = load_dataset(DataSpec.from_dict(payload["data_spec"]))
+    evaluation = args.checkpoint.parent / "evaluation.json"
+    metrics = json.loads(evaluation.read_text()) if evaluation.is_file() else {}
+    version = args.version or datetime.now(timezone.utc).strftime("%Y%m%d%H%M%S")
+    manifest = export_model(model, payload, args.out, val_x=data.val_x, name=args.name, version=version, metrics=metrics)
+    print(json.dumps({"artifacts": str(args.out), "model": manifest["model"], "parity": manifest["parity"]}, indent=2))
+    return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from service.__main__ import serve
+
+    overrides = {k: v for k, v in {"artifacts_dir": args.artifacts, "host": args.host, "port": args.port,
+                                   "backend": args.backend, "device": args.device}.items() if v is not None}
+    return serve(overrides)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,48 @@
+"""Training options as one frozen dataclass (saved with checkpoints and the manifest). No torch."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any, Literal
+
+Precision = Literal["fp32", "bf16"]
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How to train; the architecture lives in model.config.VAEConfig."""
+
+    epochs: int = 30
+    batch_size: int = 128
+    lr: float = 1e-3
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    beta: float = 1.0
+    kl_warmup_steps: int = 0  # linear KL annealing from 0 to beta over this many steps
+    free_bits: float = 0.0  # nats per latent dimension (Kingma et al. 2016); 0 disables
+    binarize: bool = True  # dynamic binarization (bernoulli image models only)
+    precision: Precision = "fp32"
+    collapse_kl_threshold: float = 0.01  # nats: a dimension below this average KL is collapsed
+    active_unit_threshold: float = 0.01  # Cov_x(E_q[z]) above this: an active unit (Burda et al.)
+    max_steps: int = 0  # stop after this many optimizer steps (0: no limit), for smoke runs
+
+    def __post_init__(self) -> None:
+        checks = {
+            "epochs": self.epochs >= 1, "batch_size": self.batch_size >= 1, "lr": self.lr > 0,
+            "beta": self.beta >= 0, "kl_warmup_steps": self.kl_warmup_steps >= 0,
+            "free_bits": self.free_bits >= 0, "max_steps": self.max_steps >= 0,
+        }
+        for name, ok in checks.items():
+            if not ok:
+                raise ValueError(f"{name} is out of range: {getattr(self, name)!r}")
+        if self.precision not in ("fp32", "bf16"):
+            raise ValueError(f"precision must be fp32 or bf16, got {self.precision!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def kl_weight(self, step: int) -> float:
+        """beta times the linear warm-up factor min(1, step / kl_warmup_steps)."""
+        if self.kl_warmup_steps == 0:
+            return self.beta
+        return self.beta * min(1.0, step / self.kl_warmup_steps)

@@ -1,0 +1,192 @@
+"""Datasets: Fashion-MNIST from Debian's IDX files, and user feature matrices (.npy / .csv)."""
+
+from __future__ import annotations
+
+import gzip
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+FASHION_MNIST_DIR = Path(os.environ.get("VAESERVE_FASHION_MNIST_DIR", "/usr/share/datasets/fashion-mnist"))
+FASHION_MNIST_CLASSES = (
+    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+)
+INSTALL_HINT = "install it with `sudo apt-get install dataset-fashion-mnist` or pass --data-dir"
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """Which data to load; saved in checkpoints so evaluation and export rebuild the same splits."""
+
+    kind: str = "fashion-mnist"  # fashion-mnist | features
+    path: str | None = None  # Fashion-MNIST folder, or a .npy/.csv feature file
+    test_path: str | None = None  # features only: a held-out test matrix
+    classes: tuple[int, ...] = ()  # fashion-mnist only: training classes kept (empty: all)
+    val_fraction: float = 1 / 12
+    seed: int = 0
+
+    def to_dict(self) -> dict[str, object]:
+        return {**asdict(self), "classes": list(self.classes)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> DataSpec:
+        return cls(**{**data, "classes": tuple(data.get("classes", ()))})
+
+
+def load_dataset(spec: DataSpec) -> Dataset:
+    """Load what a DataSpec names; the Dataset remembers its spec."""
+    if spec.kind == "fashion-mnist":
+        data = load_fashion_mnist(Path(spec.path) if spec.path else FASHION_MNIST_DIR,
+                                  classes=list(spec.classes), val_fraction=spec.val_fraction, seed=spec.seed)
+    elif spec.kind == "features":
+        if not spec.path:
+            raise DatasetError("a features dataset needs a path to a .npy or .csv file")
+        data = load_tabular(Path(spec.path), test_path=Path(spec.test_path) if spec.test_path else None,
+                            val_fraction=spec.val_fraction, seed=spec.seed)
+    else:
+        raise DatasetError(f"unknown dataset kind {spec.kind!r}: use fashion-mnist or features")
+    data.spec = spec
+    return data
+
+
+class DatasetError(Exception):
+    """The dataset is missing or malformed; the message says how to fix it."""
+
+
+@dataclass
+class Dataset:
+    """Flattened float32 features in train/validation/test splits, plus what serving must know."""
+
+    name: str
+    input_shape: tuple[int, ...]
+    train_x: np.ndarray  # (N, F)
+    val_x: np.ndarray
+    test_x: np.ndarray
+    train_y: np.ndarray | None = None
+    val_y: np.ndarray | None = None
+    test_y: np.ndarray | None = None
+    # Standardization for tabular data (None for images, whose pixels are already in [0, 1]).
+    mean: np.ndarray | None = None
+    std: np.ndarray | None = None
+    info: dict[str, object] = field(default_factory=dict)
+    spec: DataSpec | None = None
+
+
+def read_idx(path: Path) -> np.ndarray:
+    """Read an IDX file (optionally gzipped): big-endian magic, dims, then uint8 data."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as handle:
+        raw = handle.read()
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
+        raise DatasetError(f"{path} is not a uint8 IDX file")
+    ndim = raw[3]
+    dims = tuple(int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
+    data = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
+    if data.size != int(np.prod(dims)):
+        raise DatasetError(f"{path} is truncated: {data.size} values for shape {dims}")
+    return data.reshape(dims)
+
+
+def _idx_file(directory: Path, stem: str) -> Path:
+    for candidate in (directory / f"{stem}.gz", directory / stem):
+        if candidate.is_file():
+            return candidate
+    raise DatasetError(f"Fashion-MNIST file {stem}(.gz) not found in {directory}: {INSTALL_HINT}")
+
+
+def load_fashion_mnist(
+    directory: Path = FASHION_MNIST_DIR,
+    *,
+    classes: list[int] | None = None,
+    val_fraction: float = 1 / 12,
+    seed: int = 0,
+    test_classes: str = "all",
+) -> Dataset:
+    """Fashion-MNIST as (N, 784) floats in [0, 1]; `classes` keeps those training classes only.
+
+    The validation split is drawn from the (selected) training set with a fixed seed. The test set
+    keeps every class unless test_classes == "selected", so one-class AUROC can use it as is.
+    """
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise DatasetError(f"Fashion-MNIST not found at {directory}: {INSTALL_HINT}")
+    images = {s: read_idx(_idx_file(directory, f"{s}-images-idx3-ubyte")) for s in ("train", "t10k")}
+    labels = {s: read_idx(_idx_file(directory, f"{s}-labels-idx1-ubyte")) for s in ("train", "t10k")}
+    train_x = images["train"].reshape(-1, 784).astype(np.float32) / 255.0
+    train_y = labels["train"].astype(np.int64)
+    test_x = images["t10k"].reshape(-1, 784).astype(np.float32) / 255.0
+    test_y = labels["t10k"].astype(np.int64)
+    if classes:
+        bad = [c for c in classes if not 0 <= c <= 9]
+        if bad:
+            raise DatasetError(f"Fashion-MNIST classes are 0..9, got {bad}")
+        keep = np.isin(train_y, classes)
+        train_x, train_y = train_x[keep], train_y[keep]
+        if test_classes == "selected":
+            keep_test = np.isin(test_y, classes)
+            test_x, test_y = test_x[keep_test], test_y[keep_test]
+    train_idx, val_idx = split_indices(len(train_x), val_fraction=val_fraction, seed=seed)
+    return Dataset(
+        name="fashion-mnist",
+        input_shape=(1, 28, 28),
+        train_x=train_x[train_idx], train_y=train_y[train_idx],
+        val_x=train_x[val_idx], val_y=train_y[val_idx],
+        test_x=test_x, test_y=test_y,
+        info={"source": str(directory), "classes": classes or list(range(10)), "class_names": FASHION_MNIST_CLASSES},
+    )
+
+
+def split_indices(n: int, *, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """A seeded permutation split into (train, validation) indices."""
+    if not 0 < val_fraction < 1:
+        raise DatasetError(f"val_fraction must be in (0, 1), got {val_fraction}")
+    perm = np.random.default_rng(seed).permutation(n)
+    n_val = max(1, int(round(n * val_fraction)))
+    return np.sort(perm[n_val:]), np.sort(perm[:n_val])
+
+
+def load_feature_matrix(path: Path) -> np.ndarray:
+    """A (N, F) float matrix from .npy or .csv (a non-numeric first row is taken as a header)."""
+    path = Path(path)
+    if not path.is_file():
+        raise DatasetError(f"feature file {path} not found")
+    if path.suffix == ".npy":
+        matrix = np.load(path, allow_pickle=False)
+    elif path.suffix == ".csv":
+        with path.open() as handle:
+            first = handle.readline()
+        try:
+            [float(v) for v in first.strip().split(",")]
+            skip = 0
+        except ValueError:
+            skip = 1
+        matrix = np.loadtxt(path, delimiter=",", skiprows=skip, ndmin=2)
+    else:
+        raise DatasetError(f"{path}: feature files must be .npy or .csv")
+    if matrix.ndim != 2 or matrix.shape[0] < 3:
+        raise DatasetError(f"{path}: expected a 2-D matrix with at least 3 rows, got shape {matrix.shape}")
+    if not np.isfinite(matrix).all():
+        raise DatasetError(f"{path}: contains NaN or infinite values")
+    return matrix.astype(np.float32)
+
+
+def load_tabular(
+    path: Path, *, test_path: Path | None = None, val_fraction: float = 0.1, seed: int = 0
+) -> Dataset:
+    """User features for a Gaussian VAE; standardization statistics come from the training split."""
+    matrix = load_feature_matrix(path)
+    train_idx, val_idx = split_indices(len(matrix), val_fraction=val_fraction, seed=seed)
+    train_x, val_x = matrix[train_idx], matrix[val_idx]
+    test_x = load_feature_matrix(test_path) if test_path else val_x
+    if test_x.shape[1] != train_x.shape[1]:
+        raise DatasetError(f"test features have {test_x.shape[1]} columns, training has {train_x.shape[1]}")
+    mean = train_x.mean(0)
+    std = np.maximum(train_x.std(0), 1e-6).astype(np.float32)  # constant columns stay finite
+    return Dataset(
+        name=Path(path).stem, input_shape=(train_x.shape[1],),
+        train_x=train_x, val_x=val_x, test_x=test_x, mean=mean, std=std,
+        info={"source": str(path), "test_source": str(test_path) if test_path else "validation split"},
+    )

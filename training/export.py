@@ -1,0 +1,185 @@
+"""Export: encoder, decoder and scorer to ONNX and TorchScript, parity-checked, with a manifest."""
+
+from __future__ import annotations
+
+import logging
+import platform
+import warnings
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+import torch
+
+from model.heads import GRAPH_IO, build_graphs
+from model.manifest import write_manifest
+from model.vae import VAE
+
+log = logging.getLogger("vaeserve.export")
+
+PARITY_BATCH_SIZES = (1, 7, 256)
+PARITY_TOLERANCE = 1e-4
+CALIBRATION_MC_SAMPLES = 16  # the service's default mc_samples: calibration must match it
+QUANTILE_LEVELS = [round(q, 4) for q in np.linspace(0.0, 1.0, 1001)]  # 0.1% grid for percentiles
+REPORTED_QUANTILES = {"p50": 0.5, "p90": 0.9, "p95": 0.95, "p99": 0.99, "p99.9": 0.999}
+DEFAULT_THRESHOLD_QUANTILE = 0.99
+
+
+class ParityError(Exception):
+    """An exported graph disagrees with PyTorch beyond tolerance."""
+
+
+def example_inputs(graph: str, *, batch: int, latent_dim: int, sample_x: np.ndarray, k: int = 3,
+                   seed: int = 0) -> tuple[torch.Tensor, ...]:
+    """Representative inputs for a graph: rows of real data for x, N(0, I) for z and eps."""
+    gen = torch.Generator().manual_seed(seed)
+    rows = torch.from_numpy(sample_x[torch.randint(len(sample_x), (batch,), generator=gen).numpy()])
+    if graph == "encoder":
+        return (rows,)
+    if graph == "decoder":
+        return (torch.randn(batch, latent_dim, generator=gen),)
+    return rows, torch.randn(batch, k, latent_dim, generator=gen)
+
+
+def export_onnx(module: torch.nn.Module, args: tuple[torch.Tensor, ...], path: Path, graph: str) -> None:
+    """torch.export-based ONNX export with a dynamic batch axis (and dynamic K for eps)."""
+    inputs, outputs = GRAPH_IO[graph]
+    batch = torch.export.Dim("batch", min=1, max=1 << 20)
+    dynamic: dict[str, dict[int, Any]] = {name: {0: batch} for name in inputs}
+    if graph == "scorer":
+        dynamic["eps"] = {0: batch, 1: torch.export.Dim("k", min=1, max=1 << 16)}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        program = torch.onnx.export(module, args, dynamic_shapes=dynamic, input_names=inputs,
+                                    output_names=outputs, dynamo=True, optimize=True, verbose=False)
+    assert program is not None, "torch.onnx.export returned no program"
+    program.save(str(path))
+
+
+def export_torchscript(module: torch.nn.Module, args: tuple[torch.Tensor, ...], path: Path) -> None:
+    """Traced TorchScript (the graphs have no data-dependent control flow)."""
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        traced = torch.jit.trace(module, args, check_trace=False)
+    traced.save(str(path))
+
+
+def parity(graphs: dict[str, torch.nn.Module], directory: Path, *, latent_dim: int,
+           sample_x: np.ndarray) -> dict[str, dict[str, float]]:
+    """Max |exported - PyTorch| per graph and backend over batches of 1, 7 and 256."""
+    report: dict[str, dict[str, float]] = {}
+    for name, module in graphs.items():
+        session = ort.InferenceSession(str(directory / f"{name}.onnx"), providers=["CPUExecutionProvider"])
+        scripted = torch.jit.load(str(directory / f"{name}.pt"))
+        worst = {"onnxruntime": 0.0, "torchscript": 0.0}
+        for batch in PARITY_BATCH_SIZES:
+            args = example_inputs(name, batch=batch, latent_dim=latent_dim, sample_x=sample_x, k=5, seed=batch)
+            with torch.no_grad():
+                expected = _as_tuple(module(*args))
+                got_ts = _as_tuple(scripted(*args))
+            feeds = {n: a.numpy() for n, a in zip(GRAPH_IO[name][0], args)}
+            got_ort = session.run(None, feeds)
+            for backend, got in (("onnxruntime", got_ort), ("torchscript", [g.numpy() for g in got_ts])):
+                for want, have in zip(expected, got):
+                    worst[backend] = max(worst[backend], float(np.abs(want.numpy() - np.asarray(have)).max()))
+        report[name] = worst
+        log.info("parity %-8s onnxruntime %.2e  torchscript %.2e", name, worst["onnxruntime"], worst["torchscript"])
+        for backend, diff in worst.items():
+            if diff > PARITY_TOLERANCE:
+                raise ParityError(f"{name} via {backend} differs from PyTorch by {diff:.3g} > {PARITY_TOLERANCE}")
+    return report
+
+
+def _as_tuple(out: Any) -> tuple[torch.Tensor, ...]:
+    return tuple(out) if isinstance(out, (tuple, list)) else (out,)
+
+
+def calibrate(directory: Path, x_normal: np.ndarray, *, latent_dim: int, seed: int = 0) -> dict[str, Any]:
+    """Quantiles of each score variant on held-out normal data, computed by the exported scorer."""
+    session = ort.InferenceSession(str(directory / "scorer.onnx"), providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(seed)
+    scores: dict[str, list[np.ndarray]] = {"elbo": [], "iwae": []}
+    for start in range(0, len(x_normal), 256):
+        xb = x_normal[start:start + 256].astype(np.float32)
+        eps = rng.standard_normal((len(xb), CALIBRATION_MC_SAMPLES, latent_dim), dtype=np.float32)
+        _, _, elbo, iwae, _ = session.run(None, {"x": xb, "eps": eps})
+        scores["elbo"].append(elbo)
+        scores["iwae"].append(iwae)
+    variants = {}
+    for name, parts in scores.items():
+        values = np.concatenate(parts)
+        grid = np.quantile(values, QUANTILE_LEVELS)
+        variants[name] = {
+            "quantiles": [float(v) for v in grid],
+            **{label: float(np.quantile(values, q)) for label, q in REPORTED_QUANTILES.items()},
+            "threshold": float(np.quantile(values, DEFAULT_THRESHOLD_QUANTILE)),
+        }
+    return {
+        "split": "validation (held-out normal data)", "examples": int(len(x_normal)),
+        "mc_samples": CALIBRATION_MC_SAMPLES, "quantile_levels": QUANTILE_LEVELS,
+        "default_threshold_quantile": DEFAULT_THRESHOLD_QUANTILE, "variants": variants,
+    }
+
+
+def export_model(model: VAE, payload: dict[str, Any], out_dir: Path, *, val_x: np.ndarray, name: str,
+                 version: str, metrics: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Write every graph in both formats, check parity, calibrate, and write manifest.json."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model = model.cpu().eval()
+    stats = payload.get("standardization")
+    mean = torch.tensor(stats["mean"], dtype=torch.float32) if stats else None
+    std = torch.tensor(stats["std"], dtype=torch.float32) if stats else None
+    graphs = build_graphs(model, mean, std)
+    config = model.config
+    val_x = val_x.astype(np.float32)
+    for graph_name, module in graphs.items():
+        args = example_inputs(graph_name, batch=4, latent_dim=config.latent_dim, sample_x=val_x)
+        export_onnx(module, args, out_dir / f"{graph_name}.onnx", graph_name)
+        export_torchscript(module, args, out_dir / f"{graph_name}.pt")
+    parity_report = parity(graphs, out_dir, latent_dim=config.latent_dim, sample_x=val_x)
+    manifest = {
+        "model": {"name": name, "version": version, "created": datetime.now(timezone.utc).isoformat(timespec="seconds")},
+        "config": config.to_dict(),
+        "input": _input_spec(config.input_shape, is_image=config.is_image, standardization=stats),
+        "likelihood": config.likelihood,
+        "graphs": _graph_specs(config.input_dim, config.latent_dim),
+        "training": {"train_config": payload.get("train_config"), "dataset": payload.get("dataset"),
+                     "data_spec": payload.get("data_spec"), "epoch": payload.get("epoch"),
+                     "val_neg_elbo": payload.get("val_neg_elbo")},
+        "metrics": metrics or {},
+        "calibration": calibrate(out_dir, val_x, latent_dim=config.latent_dim),
+        "parity": {"batch_sizes": list(PARITY_BATCH_SIZES), "tolerance": PARITY_TOLERANCE, "max_abs_diff": parity_report},
+        "libraries": {"torch": torch.__version__, "onnxruntime": ort.__version__, "numpy": np.__version__,
+                      "python": platform.python_version()},
+        "files": {f"{g}.{ext}": {} for g in graphs for ext in ("onnx", "pt")},
+    }
+    write_manifest(out_dir, manifest)
+    return manifest
+
+
+def _input_spec(shape: tuple[int, ...], *, is_image: bool, standardization: dict[str, Any] | None) -> dict[str, Any]:
+    spec: dict[str, Any] = {"shape": list(shape), "dtype": "float32", "features": int(np.prod(shape))}
+    if is_image:
+        spec.update(range=[0.0, 1.0], preprocessing="pixels scaled to [0, 1]; PNG accepted (grayscale, resized)")
+    else:
+        spec.update(range=None, preprocessing="standardized inside the graphs with the training statistics",
+                    standardization=standardization)
+    return spec
+
+
+def _graph_specs(n_features: int, latent_dim: int) -> dict[str, Any]:
+    shapes = {"x": ["batch", n_features], "z": ["batch", latent_dim], "eps": ["batch", "k", latent_dim],
+              "mu": ["batch", latent_dim], "log_var": ["batch", latent_dim], "x_mean": ["batch", n_features],
+              "reconstruction_nll": ["batch"], "kl": ["batch"], "elbo_score": ["batch"], "iwae_score": ["batch"],
+              "feature_nll": ["batch", n_features]}
+    float64 = {"reconstruction_nll", "kl", "elbo_score", "iwae_score", "feature_nll"}
+    return {
+        name: {
+            "onnx": f"{name}.onnx", "torchscript": f"{name}.pt",
+            "inputs": [{"name": n, "shape": shapes[n], "dtype": "float32"} for n in ins],
+            "outputs": [{"name": n, "shape": shapes[n], "dtype": "float64" if n in float64 else "float32"} for n in outs],
+        }
+        for name, (ins, outs) in GRAPH_IO.items()
+    }

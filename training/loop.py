@@ -1,0 +1,197 @@
+"""The training loop: Adam on the (beta-weighted, annealed, free-bits) negative ELBO.
+
+Data-parallel when started by torchrun (DistributedDataParallel, gloo on CPU, nccl on GPU). Every
+rank draws the same permutation, binarization and noise for the *global* batch and keeps its own
+slice, so N processes compute the same update as one process up to floating-point noise.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from tqdm import tqdm
+
+from model.config import VAEConfig
+from model.losses import free_bits_kl
+from model.vae import VAE
+from training.checkpoint import save_checkpoint
+from training.config import TrainConfig
+from training.data import Dataset
+from training.evaluate import collapsed_dimensions, latent_statistics, score_examples
+
+log = logging.getLogger("vaeserve.train")
+
+
+@dataclass
+class TrainResult:
+    model: VAE
+    history: list[dict[str, Any]]
+    best_path: Path
+    last_path: Path
+
+
+def resolve_device(device: str) -> torch.device:
+    """'auto' picks CUDA when present (the local rank's GPU under torchrun)."""
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and dist.is_initialized():
+        device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
+    return torch.device(device)
+
+
+def init_distributed() -> tuple[int, int]:
+    """(rank, world_size); joins the process group when torchrun set WORLD_SIZE > 1."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+
+
+def batches(n: int, batch_size: int, gen: torch.Generator) -> Iterator[torch.Tensor]:
+    """Index tensors of a fresh permutation; the last short batch is kept."""
+    perm = torch.randperm(n, generator=gen)
+    yield from perm.split(batch_size)
+
+
+def train(
+    model_config: VAEConfig, train_config: TrainConfig, data: Dataset, out_dir: Path
+) -> TrainResult:
+    """Train, keep the best checkpoint on validation -ELBO, write metrics.jsonl; returns the best model."""
+    rank, world = init_distributed()
+    cfg = train_config
+    torch.manual_seed(cfg.seed)
+    device = resolve_device(cfg.device)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model = VAE(model_config).to(device)
+    ddp: torch.nn.Module = model
+    if world > 1:
+        ddp = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    gen = torch.Generator().manual_seed(cfg.seed)  # identical on every rank
+    train_x = torch.from_numpy(data.train_x).to(device)
+    if data.mean is not None:
+        train_x = (train_x - torch.from_numpy(data.mean).to(device)) / torch.from_numpy(data.std).to(device)
+    val_x = _standardized(data, data.val_x)
+    binarize = cfg.binarize and model_config.likelihood == "bernoulli"
+    extra = _checkpoint_extra(cfg, data)
+    history: list[dict[str, Any]] = []
+    best_val, step = float("inf"), 0
+    best_path, last_path = out_dir / "best.pt", out_dir / "last.pt"
+    metrics_file = (out_dir / "metrics.jsonl").open("w") if rank == 0 else None
+    for epoch in range(1, cfg.epochs + 1):
+        model.train()
+        start = time.perf_counter()
+        sums = torch.zeros(3, dtype=torch.float64)
+        seen = 0
+        n_batches = (len(train_x) + cfg.batch_size - 1) // cfg.batch_size
+        bar = tqdm(batches(len(train_x), cfg.batch_size, gen), total=n_batches, desc=f"epoch {epoch}",
+                   disable=rank != 0 or None, leave=False)
+        for idx in bar:
+            x = train_x[idx]  # (B, F) the global batch
+            if binarize:
+                x = torch.bernoulli(x.cpu(), generator=gen).to(device)
+            eps = torch.randn(len(idx), 1, model_config.latent_dim, generator=gen).to(device)
+            x, eps = x[rank::world], eps[rank::world]  # this rank's slice
+            loss, recon, kl = _loss(ddp, x, eps, cfg, step)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            sums += torch.tensor([loss.item(), recon.item(), kl.item()], dtype=torch.float64) * len(x)
+            seen += len(x)
+            step += 1
+            if cfg.max_steps and step >= cfg.max_steps:
+                break
+        if world > 1:
+            packed = torch.cat([sums, torch.tensor([seen], dtype=torch.float64)])
+            dist.all_reduce(packed)
+            sums, seen = packed[:3], int(packed[3].item())
+        seconds = time.perf_counter() - start
+        record = _epoch_record(model, val_x, cfg, epoch, step, sums / max(seen, 1), seen, seconds, device)
+        history.append(record)
+        if rank == 0:
+            _report(record, cfg, metrics_file)
+            save_checkpoint(last_path, model=model, extra={**extra, "epoch": epoch, "val_neg_elbo": record["val_neg_elbo"]})
+            if record["val_neg_elbo"] < best_val:
+                best_val = record["val_neg_elbo"]
+                save_checkpoint(best_path, model=model, extra={**extra, "epoch": epoch, "val_neg_elbo": best_val})
+        if cfg.max_steps and step >= cfg.max_steps:
+            break
+    if metrics_file:
+        metrics_file.close()
+    if world > 1:
+        dist.barrier()
+    return TrainResult(model=model.eval(), history=history, best_path=best_path, last_path=last_path)
+
+
+def _loss(model: torch.nn.Module, x: torch.Tensor, eps: torch.Tensor, cfg: TrainConfig, step: int
+          ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(loss, reconstruction NLL, KL), each a batch mean; the loss uses free bits and the KL weight."""
+    autocast = (torch.autocast(device_type=x.device.type, dtype=torch.bfloat16)
+                if cfg.precision == "bf16" else contextlib.nullcontext())
+    with autocast:
+        terms = model(x, eps)  # through DDP's forward when distributed, so gradients are all-reduced
+    recon = -terms.log_px_features.float().sum(-1).mean()
+    kl_dims = terms.kl_dims.float()
+    kl = kl_dims.sum(-1).mean()
+    loss = recon + cfg.kl_weight(step) * free_bits_kl(kl_dims, cfg.free_bits)
+    return loss, recon.detach(), kl.detach()
+
+
+def _standardized(data: Dataset, x: np.ndarray) -> np.ndarray:
+    if data.mean is None:
+        return x
+    return ((x - data.mean) / data.std).astype(np.float32)
+
+
+def _epoch_record(model: VAE, val_x: np.ndarray, cfg: TrainConfig, epoch: int, step: int,
+                  means: torch.Tensor, seen: int, seconds: float, device: torch.device) -> dict[str, Any]:
+    """Train means, validation -ELBO (fixed noise), per-dimension KL and active units."""
+    val = score_examples(model, val_x, k=1, seed=12345, device=str(device))
+    stats = latent_statistics(model, val_x, active_threshold=cfg.active_unit_threshold, device=str(device))
+    collapsed = collapsed_dimensions(stats["kl_per_dim"], stats["activity_per_dim"],
+                                     kl_threshold=cfg.collapse_kl_threshold,
+                                     active_threshold=cfg.active_unit_threshold)
+    return {
+        "epoch": epoch, "step": step, "loss": float(means[0]), "reconstruction_nll": float(means[1]),
+        "kl": float(means[2]), "kl_weight": cfg.kl_weight(step), "val_neg_elbo": float(val["elbo_score"].mean()),
+        "active_units": stats["active_units"], "collapsed_dims": collapsed, "kl_per_dim": stats["kl_per_dim"],
+        "seconds": round(seconds, 3), "examples_per_s": round(seen / max(seconds, 1e-9), 1),
+    }
+
+
+def _report(record: dict[str, Any], cfg: TrainConfig, metrics_file: Any) -> None:
+    log.info("epoch %3d | loss %.2f | recon %.2f | kl %.2f | val -elbo %.2f | active %d | %.1fs | %.0f ex/s",
+             record["epoch"], record["loss"], record["reconstruction_nll"], record["kl"],
+             record["val_neg_elbo"], record["active_units"], record["seconds"], record["examples_per_s"])
+    if record["collapsed_dims"]:
+        log.warning("posterior collapse: %d latent dimensions carry no information (avg KL < %.3g nats or "
+                    "activity <= %.3g): %s", len(record["collapsed_dims"]), cfg.collapse_kl_threshold,
+                    cfg.active_unit_threshold, record["collapsed_dims"])
+    metrics_file.write(json.dumps(record) + "\n")
+    metrics_file.flush()
+
+
+def _checkpoint_extra(cfg: TrainConfig, data: Dataset) -> dict[str, Any]:
+    """JSON-able metadata saved beside the weights."""
+    extra: dict[str, Any] = {
+        "train_config": cfg.to_dict(),
+        "dataset": {"name": data.name, **_jsonable(data.info)},
+        "data_spec": data.spec.to_dict() if data.spec else None,
+    }
+    if data.mean is not None and data.std is not None:
+        extra["standardization"] = {"mean": data.mean.tolist(), "std": data.std.tolist()}
+    return extra
+
+
+def _jsonable(info: dict[str, Any]) -> dict[str, Any]:
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in info.items()}
