@@ -1,0 +1,162 @@
+"""create_app(settings): the FastAPI application, its lifespan, error mapping and metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import orjson
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
+from fastapi.responses import Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from model.manifest import ArtifactError
+from service import api, ops, schemas
+from service.errors import ServiceError
+from service.metrics import Metrics
+from service.pipeline import Pipeline, build_handle
+from service.runtime import load_runtime
+from service.settings import Settings
+
+log = logging.getLogger("vaeserve.app")
+ENDPOINTS = {"/encode", "/reconstruct", "/sample", "/interpolate", "/anomaly-score", "/healthz", "/readyz",
+             "/metrics", "/model"}
+REJECTION_REASONS = {413: "too_large", 429: "queue_full", 503: "not_ready", 504: "timeout"}
+
+
+def error_response(status: int, message: str, error_type: str, headers: dict[str, str] | None = None) -> Response:
+    return Response(orjson.dumps({"error": message, "error_type": error_type}), status_code=status,
+                    media_type="application/json", headers=headers)
+
+
+async def load_model(app: FastAPI) -> None:
+    """Verify, load and warm the artifacts off the event loop, then start serving them."""
+    settings: Settings = app.state.settings
+    pipeline: Pipeline = app.state.pipeline
+
+    def load() -> Any:
+        runtime = load_runtime(settings.artifacts_dir, backend=settings.backend, device=settings.device,
+                               intra_op_threads=settings.intra_op_threads)
+        runtime.warm_up()
+        return runtime
+
+    try:
+        runtime = await asyncio.get_running_loop().run_in_executor(pipeline.executor, load)
+    except (ArtifactError, OSError, ValueError, KeyError) as exc:
+        app.state.load_error = str(exc)
+        log.error("model not loaded, service not ready: %s", exc)
+        return
+    await pipeline.install(build_handle(runtime, settings, app.state.metrics, pipeline.executor))
+    app.state.metrics.ready.set(1)
+    log.info("ready: %s %s (%s on %s)", runtime.name, runtime.version, runtime.backend, runtime.device)
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    await load_model(app)
+    yield
+    pipeline: Pipeline = app.state.pipeline
+    pipeline.accepting = False
+    app.state.metrics.ready.set(0)
+    if pipeline.handle is not None:
+        drained = await pipeline.drain(pipeline.handle, app.state.settings.shutdown_drain_timeout_s)
+        log.info("shutdown: queues %s", "drained" if drained else "not drained in time")
+    pipeline.close()
+
+
+class MetricsMiddleware:
+    """Counts requests and times them per endpoint (pure ASGI: cheaper than BaseHTTPMiddleware)."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+        self.app = app
+        self.metrics = metrics
+        self.latency = {e: metrics.request_latency.labels(endpoint=e) for e in ENDPOINTS | {"other"}}
+        self.counters: dict[tuple[str, int], Any] = {}
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        endpoint = scope["path"] if scope["path"] in ENDPOINTS else "other"
+        status = 500
+
+        async def send_with_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_status)
+        finally:
+            self.latency[endpoint].observe(time.perf_counter() - start)
+            counter = self.counters.get((endpoint, status))
+            if counter is None:
+                counter = self.counters[(endpoint, status)] = self.metrics.requests.labels(endpoint=endpoint, status=str(status))
+            counter.inc()
+            if status in REJECTION_REASONS:
+                self.metrics.rejections.labels(reason=REJECTION_REASONS[status]).inc()
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Every error becomes {"error", "error_type"} with the right status, here and nowhere else."""
+
+    @app.exception_handler(ServiceError)
+    async def service_error(_: Request, exc: ServiceError) -> Response:
+        return error_response(exc.status_code, exc.message, exc.error_type, exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(_: Request, exc: RequestValidationError) -> Response:
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
+        return error_response(422, problems, "invalid_input")
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_: Request, exc: StarletteHTTPException) -> Response:
+        kinds = {404: "not_found", 405: "method_not_allowed"}
+        return error_response(exc.status_code, str(exc.detail), kinds.get(exc.status_code, "http_error"),
+                              dict(exc.headers or {}))
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> Response:
+        log.exception("unexpected error on %s %s", request.method, request.url.path)
+        return error_response(500, "internal error; it has been logged", "internal_error")
+
+
+def custom_openapi(app: FastAPI) -> dict[str, Any]:
+    """The generated schema plus the request models of routes that parse their own bodies."""
+    if app.openapi_schema:
+        return app.openapi_schema
+    schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+    components = schema.setdefault("components", {}).setdefault("schemas", {})
+    for model in (schemas.EncodeRequest, schemas.ReconstructRequest, schemas.SampleRequest,
+                  schemas.InterpolateRequest, schemas.AnomalyScoreRequest):
+        body = model.model_json_schema(ref_template="#/components/schemas/{model}")
+        components.update(body.pop("$defs", {}))
+        components[model.__name__] = body
+    app.openapi_schema = schema
+    return schema
+
+
+def create_app(settings: Settings) -> FastAPI:
+    """The application; the model loads in the lifespan, so /readyz is 503 until it is warm."""
+    app = FastAPI(title="vaeserve", version="0.1.0", lifespan=lifespan,
+                  description="Variational autoencoder serving: encode, reconstruct, sample, interpolate, anomaly scores.")
+    metrics = Metrics()
+    app.state.settings = settings
+    app.state.metrics = metrics
+    app.state.pipeline = Pipeline(settings, metrics)
+    app.state.load_error = None
+    install_error_handlers(app)
+    app.include_router(ops.router)
+    app.include_router(api.router)
+    app.add_middleware(MetricsMiddleware, metrics=metrics)
+    app.openapi = lambda: custom_openapi(app)  # type: ignore[method-assign]
+    return app

@@ -1,0 +1,228 @@
+"""A generic dynamic batcher: items from many requests run together. Knows nothing of HTTP.
+
+Requests are split into chunks of at most max_batch_size items; a batch takes whole chunks in
+arrival order until it is full or batch_wait_timeout_s has passed since its first chunk arrived
+(0 means: take what is queued now). One batch per batcher runs at a time, off the event loop, so
+under load the queue fills while a batch runs and the next batch is larger. A full queue refuses
+at once (Overloaded), a chunk whose deadline passed is answered with RequestTimeout, and a chunk
+whose caller went away (cancelled future) is dropped before it is computed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from service.errors import ModelNotReady, Overloaded, RequestTimeout
+
+Batch = dict[str, np.ndarray]
+
+
+@dataclass
+class _Chunk:
+    inputs: Batch
+    size: int
+    future: asyncio.Future[Batch]
+    enqueued_at: float
+    deadline: float
+
+
+@dataclass
+class BatchStats:
+    """What the batcher reports after each executed batch."""
+
+    size: int
+    inference_s: float
+    queue_waits_s: list[float] = field(default_factory=list)
+
+
+class DynamicBatcher:
+    """Batch calls of handler(inputs) -> outputs, where every array's first axis is the item axis."""
+
+    def __init__(
+        self,
+        handler: Callable[[Batch], Batch],
+        *,
+        max_batch_size: int,
+        batch_wait_timeout_s: float,
+        max_queue_items: int,
+        request_timeout_s: float = 30.0,
+        executor: Executor | None = None,
+        on_batch: Callable[[BatchStats], None] | None = None,
+        on_queue_depth: Callable[[int], None] | None = None,
+    ) -> None:
+        if max_batch_size < 1:
+            raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
+        if batch_wait_timeout_s < 0:
+            raise ValueError(f"batch_wait_timeout_s must be >= 0, got {batch_wait_timeout_s}")
+        if max_queue_items < 1:
+            raise ValueError(f"max_queue_items must be >= 1, got {max_queue_items}")
+        self.handler = handler
+        self.max_batch_size = max_batch_size
+        self.batch_wait_timeout_s = batch_wait_timeout_s
+        self.max_queue_items = max_queue_items
+        self.request_timeout_s = request_timeout_s
+        self.executor = executor
+        self.on_batch = on_batch
+        self.on_queue_depth = on_queue_depth
+        self._queue: deque[_Chunk] = deque()
+        self.queued_items = 0
+        self._in_flight = 0
+        self._wakeup = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._closing = False
+        self._items_per_s = 0.0  # EWMA of the measured service rate, for Retry-After
+
+    def start(self) -> None:
+        """Start the batching loop on the running event loop."""
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._loop())
+
+    async def submit(self, inputs: Batch) -> Batch:
+        """Queue the items of one request and return its outputs, in order."""
+        if self._closing or self._task is None:
+            raise ModelNotReady("the service is shutting down or not started")
+        size = len(next(iter(inputs.values())))
+        if self.queued_items + size > self.max_queue_items:
+            raise Overloaded(
+                f"queue full ({self.queued_items} items queued, limit {self.max_queue_items}); retry later",
+                retry_after_s=self.retry_after_s(size),
+            )
+        loop = asyncio.get_running_loop()
+        now = time.monotonic()
+        futures = []
+        for start in range(0, size, self.max_batch_size):
+            part = {k: v[start:start + self.max_batch_size] for k, v in inputs.items()}
+            n = len(next(iter(part.values())))
+            chunk = _Chunk(part, n, loop.create_future(), now, now + self.request_timeout_s)
+            self._queue.append(chunk)
+            futures.append(chunk.future)
+        self.queued_items += size
+        self._report_depth()
+        self._wakeup.set()
+        if len(futures) == 1:
+            return await futures[0]
+        results = await asyncio.gather(*futures)
+        return {k: np.concatenate([r[k] for r in results]) for k in results[0]}
+
+    def retry_after_s(self, extra_items: int = 0) -> int:
+        """Seconds until the queue would have drained at the measured rate (1..60)."""
+        if self._items_per_s <= 0:
+            return 1
+        return int(min(60, max(1, math.ceil((self.queued_items + extra_items) / self._items_per_s))))
+
+    async def drain_and_stop(self, timeout_s: float) -> bool:
+        """Refuse new work, finish what was accepted, stop. True if everything finished in time."""
+        self._closing = True
+        deadline = time.monotonic() + timeout_s
+        while (self._queue or self._in_flight) and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        drained = not self._queue and not self._in_flight
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+        for chunk in self._queue:
+            if not chunk.future.done():
+                chunk.future.set_exception(ModelNotReady("the service stopped before this item ran"))
+        self._queue.clear()
+        return drained
+
+    async def _loop(self) -> None:
+        while True:
+            if not self._queue:
+                self._wakeup.clear()
+                await self._wakeup.wait()
+            await self._wait_for_fill()
+            chunks = self._take_batch()
+            if chunks:
+                await self._run(chunks)
+
+    async def _wait_for_fill(self) -> None:
+        """Wait until a batch is full or batch_wait_timeout_s after its first chunk arrived."""
+        if self.batch_wait_timeout_s == 0:
+            await asyncio.sleep(0)  # let requests that arrived in the same loop turn join
+            return
+        flush_at = self._queue[0].enqueued_at + self.batch_wait_timeout_s
+        while self.queued_items < self.max_batch_size:
+            remaining = flush_at - time.monotonic()
+            if remaining <= 0:
+                return
+            self._wakeup.clear()
+            try:
+                await asyncio.wait_for(self._wakeup.wait(), remaining)
+            except asyncio.TimeoutError:
+                return
+
+    def _take_batch(self) -> list[_Chunk]:
+        """Pop whole chunks in order while they fit; drop cancelled ones, time out expired ones.
+
+        Only chunks whose per-item shapes match the first one's can share a batch (e.g. the same
+        number of Monte Carlo samples); a different one waits for the next batch, keeping order.
+        """
+        taken: list[_Chunk] = []
+        total = 0
+        now = time.monotonic()
+        while self._queue and total + self._queue[0].size <= self.max_batch_size:
+            if taken and _item_shapes(self._queue[0]) != _item_shapes(taken[0]):
+                break
+            chunk = self._queue.popleft()
+            self.queued_items -= chunk.size
+            if chunk.future.done():  # the caller went away: do not compute it
+                continue
+            if now > chunk.deadline:
+                chunk.future.set_exception(RequestTimeout(
+                    f"request waited {now - chunk.enqueued_at:.1f}s in the queue (limit {self.request_timeout_s}s)"))
+                continue
+            taken.append(chunk)
+            total += chunk.size
+        self._report_depth()
+        return taken
+
+    async def _run(self, chunks: list[_Chunk]) -> None:
+        """Run one batch off the loop and hand every chunk its slice (or the batch's exception)."""
+        start = time.monotonic()
+        inputs = chunks[0].inputs if len(chunks) == 1 else {
+            k: np.concatenate([c.inputs[k] for c in chunks]) for k in chunks[0].inputs}
+        total = sum(c.size for c in chunks)
+        self._in_flight = total
+        try:
+            loop = asyncio.get_running_loop()
+            outputs = await loop.run_in_executor(self.executor, self.handler, inputs)
+            for name, value in outputs.items():
+                if len(value) != total:
+                    raise RuntimeError(f"handler returned {len(value)} rows of {name!r} for {total} items")
+        except Exception as exc:  # every chunk of a failed batch gets the exception
+            for chunk in chunks:
+                if not chunk.future.done():
+                    chunk.future.set_exception(exc)
+            return
+        finally:
+            self._in_flight = 0
+        elapsed = time.monotonic() - start
+        rate = total / max(elapsed, 1e-6)
+        self._items_per_s = rate if self._items_per_s == 0 else 0.8 * self._items_per_s + 0.2 * rate
+        offset = 0
+        for chunk in chunks:
+            if not chunk.future.done():
+                chunk.future.set_result({k: v[offset:offset + chunk.size] for k, v in outputs.items()})
+            offset += chunk.size
+        if self.on_batch is not None:
+            self.on_batch(BatchStats(total, elapsed, [start - c.enqueued_at for c in chunks]))
+
+    def _report_depth(self) -> None:
+        if self.on_queue_depth is not None:
+            self.on_queue_depth(self.queued_items)
+
+
+def _item_shapes(chunk: _Chunk) -> tuple[tuple[int, ...], ...]:
+    return tuple(v.shape[1:] for v in chunk.inputs.values())

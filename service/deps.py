@@ -1,0 +1,86 @@
+"""Named dependencies and request-body helpers shared by the routes."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable
+from typing import Annotated, Any, TypeVar
+
+import orjson
+from fastapi import Depends, Request
+from pydantic import BaseModel, ValidationError
+
+from service.errors import InvalidInput, MalformedBody, PayloadTooLarge, RequestTimeout, UnsupportedMediaType
+from service.pipeline import Pipeline
+from service.settings import Settings
+
+T = TypeVar("T")
+M = TypeVar("M", bound=BaseModel)
+
+
+async def get_pipeline(request: Request) -> Pipeline:
+    return request.app.state.pipeline
+
+
+async def get_settings(request: Request) -> Settings:
+    return request.app.state.settings
+
+
+PipelineDep = Annotated[Pipeline, Depends(get_pipeline)]
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+
+
+async def read_json_object(request: Request, settings: Settings) -> dict[str, Any]:
+    """The body as a JSON object, with 415 / 413 / 400 / 422 for the ways it can be wrong."""
+    content_type = request.headers.get("content-type", "")
+    if content_type and not content_type.split(";")[0].strip().lower().endswith("json"):
+        raise UnsupportedMediaType(f"content-type must be application/json, got {content_type!r}")
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > settings.max_body_bytes:
+        raise PayloadTooLarge(f"body of {declared} bytes exceeds the limit of {settings.max_body_bytes}")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > settings.max_body_bytes:
+            raise PayloadTooLarge(f"body exceeds the limit of {settings.max_body_bytes} bytes")
+        chunks.append(chunk)
+    body = b"".join(chunks)
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise MalformedBody(f"body is not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise InvalidInput(f"body must be a JSON object, got {type(data).__name__}")
+    return data
+
+
+def validate_options(model: type[M], data: dict[str, Any]) -> M:
+    """Validate the small option fields; the message names each bad field and why."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(str(p) for p in err['loc']) or 'body'}: {err['msg']}" for err in exc.errors())
+        raise InvalidInput(problems) from None
+
+
+async def unless_disconnected(request: Request, work: Awaitable[T]) -> T:
+    """Await work, but cancel it when the client disconnects, so queued items are not computed."""
+    task = asyncio.current_task()
+    assert task is not None, "must run inside a task"
+
+    async def watch() -> None:
+        while True:
+            message = await request.receive()
+            if message["type"] == "http.disconnect":
+                task.cancel()
+                return
+
+    watcher = asyncio.get_running_loop().create_task(watch())
+    try:
+        return await work
+    except asyncio.CancelledError:
+        if watcher.done() and not watcher.cancelled():
+            raise RequestTimeout("client disconnected") from None
+        raise
+    finally:
+        watcher.cancel()

@@ -1,0 +1,64 @@
+"""Typed errors the service raises; app.py maps them to responses in one place."""
+
+from __future__ import annotations
+
+
+class ServiceError(Exception):
+    """Base: a status code, a machine-readable type, and a message for humans."""
+
+    status_code = 500
+    error_type = "internal_error"
+
+    def __init__(self, message: str, *, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.headers = headers or {}
+
+
+class InvalidInput(ServiceError):
+    status_code = 422
+    error_type = "invalid_input"
+
+
+class MalformedBody(ServiceError):
+    status_code = 400
+    error_type = "malformed_body"
+
+
+class UnsupportedMediaType(ServiceError):
+    status_code = 415
+    error_type = "unsupported_media_type"
+
+
+class NotAcceptable(ServiceError):
+    status_code = 406
+    error_type = "not_acceptable"
+
+
+class PayloadTooLarge(ServiceError):
+    status_code = 413
+    error_type = "payload_too_large"
+
+
+class Overloaded(ServiceError):
+    """The queue is full: refuse at once rather than let the client wait (429 + Retry-After)."""
+
+    status_code = 429
+    error_type = "overloaded"
+
+    def __init__(self, message: str, *, retry_after_s: int) -> None:
+        super().__init__(message, headers={"Retry-After": str(retry_after_s)})
+        self.retry_after_s = retry_after_s
+
+
+class ModelNotReady(ServiceError):
+    status_code = 503
+    error_type = "model_not_ready"
+
+    def __init__(self, message: str, *, retry_after_s: int = 1) -> None:
+        super().__init__(message, headers={"Retry-After": str(retry_after_s)})
+
+
+class RequestTimeout(ServiceError):
+    status_code = 504
+    error_type = "request_timeout"

@@ -1,0 +1,138 @@
+"""Verified loading of exported graphs and one `run` call per graph, on ONNX Runtime or TorchScript.
+
+Each file's bytes are checked against the manifest's sha256 and then loaded from those same bytes,
+so what runs is exactly what was verified. torch is imported only for the TorchScript backend.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from model.config import VAEConfig
+from model.manifest import ArtifactError, load_manifest
+
+log = logging.getLogger("vaeserve.runtime")
+
+Feeds = dict[str, np.ndarray]
+GraphFn = Callable[[Feeds], Feeds]
+
+
+@dataclass
+class ModelRuntime:
+    """A loaded, verified model: manifest facts plus one callable per graph."""
+
+    manifest: dict[str, Any]
+    config: VAEConfig
+    backend: str
+    device: str
+    graphs: dict[str, GraphFn]
+    artifacts_dir: Path
+
+    @property
+    def name(self) -> str:
+        return str(self.manifest["model"]["name"])
+
+    @property
+    def version(self) -> str:
+        return str(self.manifest["model"]["version"])
+
+    def run(self, graph: str, feeds: Feeds) -> Feeds:
+        """Run one graph on a batch; blocking, so callers run it off the event loop."""
+        return self.graphs[graph](feeds)
+
+    def warm_up(self, *, batch_sizes: tuple[int, ...] = (1, 8, 64), mc_samples: int = 16) -> None:
+        """Run every graph once per batch size so the first request pays no allocation cost."""
+        d, f = self.config.latent_dim, self.config.input_dim
+        for n in batch_sizes:
+            x = np.full((n, f), 0.5, dtype=np.float32)
+            self.run("encoder", {"x": x})
+            self.run("decoder", {"z": np.zeros((n, d), dtype=np.float32)})
+            self.run("scorer", {"x": x, "eps": np.zeros((n, mc_samples, d), dtype=np.float32)})
+
+
+def load_runtime(artifacts_dir: Path, *, backend: str, device: str, intra_op_threads: int = 0) -> ModelRuntime:
+    """Read the manifest, verify and load every graph for the chosen backend and device."""
+    manifest = load_manifest(artifacts_dir, verify_files=False)
+    config = VAEConfig.from_dict(manifest["config"])
+    loader = _load_onnx if backend == "onnxruntime" else _load_torchscript
+    graphs: dict[str, GraphFn] = {}
+    resolved_device = "cpu"
+    for name, spec in manifest["graphs"].items():
+        file_name = spec["onnx" if backend == "onnxruntime" else "torchscript"]
+        data = _verified_bytes(artifacts_dir, file_name, manifest)
+        graphs[name], resolved_device = loader(data, spec, device=device, threads=intra_op_threads)
+    missing = {"encoder", "decoder", "scorer"} - set(graphs)
+    if missing:
+        raise ArtifactError(f"manifest lacks graphs {sorted(missing)}")
+    log.info("loaded %s %s on %s/%s from %s", manifest["model"]["name"], manifest["model"]["version"],
+             backend, resolved_device, artifacts_dir)
+    return ModelRuntime(manifest, config, backend, resolved_device, graphs, Path(artifacts_dir))
+
+
+def _verified_bytes(directory: Path, file_name: str, manifest: dict[str, Any]) -> bytes:
+    meta = manifest["files"].get(file_name)
+    if meta is None:
+        raise ArtifactError(f"{file_name} is not listed in the manifest's files")
+    path = Path(directory) / file_name
+    if not path.is_file():
+        raise ArtifactError(f"artifact file {file_name} is missing from {directory}")
+    data = path.read_bytes()
+    actual = hashlib.sha256(data).hexdigest()
+    if actual != meta["sha256"]:
+        raise ArtifactError(f"artifact file {file_name} is corrupted: sha256 {actual[:12]}… != manifest {meta['sha256'][:12]}…")
+    return data
+
+
+def _load_onnx(data: bytes, spec: dict[str, Any], *, device: str, threads: int) -> tuple[GraphFn, str]:
+    import onnxruntime as ort
+
+    available = ort.get_available_providers()
+    use_cuda = device in ("auto", "cuda") and "CUDAExecutionProvider" in available
+    if device == "cuda" and not use_cuda:
+        raise ArtifactError(f"device=cuda but ONNX Runtime offers only {available}: install onnxruntime-gpu")
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if use_cuda else ["CPUExecutionProvider"]
+    try:
+        session = ort.InferenceSession(data, sess_options=options, providers=providers)
+    except Exception as exc:  # onnxruntime raises its own exception types for bad models
+        raise ArtifactError(f"ONNX Runtime cannot load {spec['onnx']}: {exc}") from exc
+    outputs = [o["name"] for o in spec["outputs"]]
+
+    def run(feeds: Feeds) -> Feeds:
+        return dict(zip(outputs, session.run(outputs, feeds)))
+
+    return run, "cuda" if use_cuda else "cpu"
+
+
+def _load_torchscript(data: bytes, spec: dict[str, Any], *, device: str, threads: int) -> tuple[GraphFn, str]:
+    import torch
+
+    use_cuda = device in ("auto", "cuda") and torch.cuda.is_available()
+    if device == "cuda" and not use_cuda:
+        raise ArtifactError("device=cuda but torch sees no CUDA device")
+    if threads:
+        torch.set_num_threads(threads)
+    target = torch.device("cuda" if use_cuda else "cpu")
+    try:
+        module = torch.jit.load(io.BytesIO(data), map_location=target).eval()
+    except Exception as exc:  # torch raises RuntimeError subclasses for bad archives
+        raise ArtifactError(f"TorchScript cannot load {spec['torchscript']}: {exc}") from exc
+    inputs = [i["name"] for i in spec["inputs"]]
+    outputs = [o["name"] for o in spec["outputs"]]
+
+    def run(feeds: Feeds) -> Feeds:
+        with torch.inference_mode():
+            result = module(*(torch.from_numpy(feeds[name]).to(target) for name in inputs))
+        result = result if isinstance(result, (tuple, list)) else (result,)
+        return {name: r.cpu().numpy() for name, r in zip(outputs, result)}
+
+    return run, target.type

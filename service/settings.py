@@ -1,0 +1,33 @@
+"""One settings object for the service, read from VAESERVE_* variables; built by the caller."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Every knob of the service. Units are in the names."""
+
+    model_config = SettingsConfigDict(env_prefix="VAESERVE_", extra="ignore")
+
+    artifacts_dir: Path = Field(Path("artifacts"), description="folder written by `vaeserve export`")
+    host: str = Field("127.0.0.1", description="bind address")
+    port: int = Field(8000, ge=0, le=65535, description="TCP port")
+    backend: Literal["onnxruntime", "torchscript"] = Field("onnxruntime", description="inference engine")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto picks CUDA when the backend can use it")
+    max_batch_size: int = Field(256, ge=1, description="items per executed batch; 1 turns batching off")
+    batch_wait_timeout_s: float = Field(0.002, ge=0, description="how long a batch waits for more items")
+    max_queue_items: int = Field(4096, ge=1, description="queued items per graph before requests get 429")
+    request_timeout_s: float = Field(10.0, gt=0, description="a request still queued after this gets 504")
+    max_items_per_request: int = Field(1024, ge=1, description="items in one request before 413")
+    max_body_bytes: int = Field(32 * 1024 * 1024, ge=1024, description="request body size before 413")
+    max_mc_samples: int = Field(1024, ge=1, description="upper bound for mc_samples in /anomaly-score")
+    max_sample_n: int = Field(1024, ge=1, description="upper bound for n in /sample")
+    intra_op_threads: int = Field(0, ge=0, description="ONNX Runtime / torch threads per graph (0: library default)")
+    inference_workers: int = Field(2, ge=1, description="threads running batches (one batch per graph at a time)")
+    shutdown_drain_timeout_s: float = Field(20.0, ge=0, description="on SIGTERM, how long to drain queues")
+    log_level: str = Field("info", description="uvicorn and service log level")
