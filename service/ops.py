@@ -69,6 +69,7 @@ async def model_card(pipeline: PipelineDep) -> dict[str, Any]:
                          for name, cal in calibration.get("variants", {}).items()},
         },
         "metrics": metrics,
+        "latent": manifest.get("latent", {}),
         "training": manifest.get("training", {}),
         "parity": manifest.get("parity", {}),
     }

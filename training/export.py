@@ -16,6 +16,7 @@ import torch
 from model.heads import GRAPH_IO, build_graphs
 from model.manifest import write_manifest
 from model.vae import VAE
+from training.evaluate import latent_statistics
 
 log = logging.getLogger("vaeserve.export")
 
@@ -149,6 +150,7 @@ def export_model(model: VAE, payload: dict[str, Any], out_dir: Path, *, val_x: n
                      "data_spec": payload.get("data_spec"), "epoch": payload.get("epoch"),
                      "val_neg_elbo": payload.get("val_neg_elbo")},
         "metrics": metrics or {},
+        "latent": latent_statistics(model, _standardized(val_x, stats)),
         "calibration": calibrate(out_dir, val_x, latent_dim=config.latent_dim),
         "parity": {"batch_sizes": list(PARITY_BATCH_SIZES), "tolerance": PARITY_TOLERANCE, "max_abs_diff": parity_report},
         "libraries": {"torch": torch.__version__, "onnxruntime": ort.__version__, "numpy": np.__version__,
@@ -183,3 +185,10 @@ def _graph_specs(n_features: int, latent_dim: int) -> dict[str, Any]:
         }
         for name, (ins, outs) in GRAPH_IO.items()
     }
+
+
+def _standardized(x: np.ndarray, stats: dict[str, Any] | None) -> np.ndarray:
+    """Validation rows as the networks see them (the graphs standardize; the bare VAE does not)."""
+    if not stats:
+        return x
+    return ((x - np.asarray(stats["mean"], dtype=np.float32)) / np.asarray(stats["std"], dtype=np.float32)).astype(np.float32)

@@ -1,0 +1,60 @@
+"""Shared fixtures: a tiny real model trained on real Fashion-MNIST once per session, exported,
+and a real server on 127.0.0.1 serving it."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.helpers import ServerProcess, start_server
+
+TINY_TRAIN_ARGS = ["--hidden", "128", "--latent-dim", "8", "--epochs", "1", "--max-steps", "150",
+                   "--batch-size", "128", "--seed", "0"]
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A run folder with best.pt of a tiny model trained a few steps on Fashion-MNIST."""
+    from training.cli import main
+
+    out = tmp_path_factory.mktemp("run")
+    assert main(["train", "--out", str(out), *TINY_TRAIN_ARGS]) == 0
+    return out
+
+
+@pytest.fixture(scope="session")
+def artifacts_dir(tiny_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny model exported with its manifest (ONNX + TorchScript, parity-checked)."""
+    from training.cli import main
+
+    out = tmp_path_factory.mktemp("artifacts")
+    assert main(["export", "--checkpoint", str(tiny_run / "best.pt"), "--out", str(out),
+                 "--name", "tiny-vae", "--version", "1"]) == 0
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tiny_run: Path):  # type: ignore[no-untyped-def]
+    from training.checkpoint import load_checkpoint
+
+    model, _ = load_checkpoint(tiny_run / "best.pt")
+    return model
+
+
+@pytest.fixture(scope="session")
+def test_images() -> np.ndarray:
+    """32 real Fashion-MNIST test images, (32, 784) in [0, 1]."""
+    from training.data import load_fashion_mnist
+
+    return load_fashion_mnist().test_x[:32]
+
+
+@pytest.fixture(scope="session")
+def server(artifacts_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """A real uvicorn server serving the tiny model, shared by the session."""
+    proc = start_server(artifacts_dir, tmp_path_factory.mktemp("logs"), batch_wait_timeout_s=0.002)
+    yield proc
+    proc.stop()
