@@ -18,7 +18,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from model.manifest import ArtifactError
-from service import api, ops, schemas
+from service import api, ops, schemas, web
 from service.errors import ServiceError
 from service.metrics import Metrics
 from service.pipeline import Pipeline, build_handle
@@ -157,6 +157,7 @@ def create_app(settings: Settings) -> FastAPI:
     install_error_handlers(app)
     app.include_router(ops.router)
     app.include_router(api.router)
+    app.include_router(web.router)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     app.openapi = lambda: custom_openapi(app)  # type: ignore[method-assign]
     return app
