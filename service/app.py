@@ -60,8 +60,11 @@ async def load_model(app: FastAPI) -> None:
 
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-    await load_model(app)
+    # Load in the background: the port opens at once, /healthz answers, /readyz says 503 until warm.
+    loading = asyncio.get_running_loop().create_task(load_model(app))
     yield
+    if not loading.done():
+        loading.cancel()
     pipeline: Pipeline = app.state.pipeline
     pipeline.accepting = False
     app.state.metrics.ready.set(0)

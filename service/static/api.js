@@ -1,0 +1,48 @@
+// The service's public API, as any client would call it. Every failure becomes an ApiError
+// carrying the API's own {error, error_type} body, so the page can show it as it is.
+
+export class ApiError extends Error {
+  constructor(status, type, message) {
+    super(message);
+    this.status = status; // 0: no HTTP answer at all
+    this.type = type;
+  }
+
+  get text() {
+    return this.status ? `${this.status} ${this.type}: ${this.message}` : `${this.type}: ${this.message}`;
+  }
+}
+
+async function call(path, body) {
+  const init = body === undefined ? {} : {
+    method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body),
+  };
+  let response;
+  try {
+    response = await fetch(path, init);
+  } catch (err) {
+    throw new ApiError(0, "network_error", `the service did not answer ${path} (${err.message})`);
+  }
+  const text = await response.text();
+  if (!response.ok) {
+    let message = text || response.statusText, type = "http_error";
+    try {
+      const data = JSON.parse(text);
+      message = data.error ?? message;
+      type = data.error_type ?? type;
+    } catch { /* not JSON: show the raw text */ }
+    throw new ApiError(response.status, type, message);
+  }
+  return response.headers.get("content-type")?.includes("json") ? JSON.parse(text) : text;
+}
+
+export const api = {
+  ready: () => call("/readyz"),
+  model: () => call("/model"),
+  metrics: () => call("/metrics"),
+  sample: (options) => call("/sample", options),
+  encode: (inputs) => call("/encode", { inputs }),
+  reconstruct: (inputs) => call("/reconstruct", { inputs }),
+  score: (inputs, options) => call("/anomaly-score", { inputs, explain: true, ...options }),
+  interpolate: (body) => call("/interpolate", body),
+};
