@@ -14,7 +14,7 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
@@ -64,9 +64,13 @@ def batches(n: int, batch_size: int, gen: torch.Generator) -> Iterator[torch.Ten
 
 
 def train(
-    model_config: VAEConfig, train_config: TrainConfig, data: Dataset, out_dir: Path
+    model_config: VAEConfig, train_config: TrainConfig, data: Dataset, out_dir: Path,
+    on_epoch: Callable[[dict[str, Any], VAE], bool] | None = None,
 ) -> TrainResult:
-    """Train, keep the best checkpoint on validation -ELBO, write metrics.jsonl; returns the best model."""
+    """Train, keep the best checkpoint on validation -ELBO, write metrics.jsonl; returns the final model.
+
+    on_epoch(record, model) is called after each epoch; returning True stops training (benchmarks).
+    """
     rank, world = init_distributed()
     cfg = train_config
     torch.manual_seed(cfg.seed)
@@ -124,7 +128,7 @@ def train(
             if record["val_neg_elbo"] < best_val:
                 best_val = record["val_neg_elbo"]
                 save_checkpoint(best_path, model=model, extra={**extra, "epoch": epoch, "val_neg_elbo": best_val})
-        if cfg.max_steps and step >= cfg.max_steps:
+        if (cfg.max_steps and step >= cfg.max_steps) or (on_epoch is not None and on_epoch(record, model)):
             break
     if metrics_file:
         metrics_file.close()
