@@ -49,7 +49,7 @@ export function renderCard(container, card) {
       ["Architecture", `${(card.input?.shape ?? []).join("×")} → ${(card.config?.hidden_sizes ?? []).join("→")} → z∈ℝ^${card.latent_dim}`],
       ["Likelihood", card.likelihood],
       ["Active units", latent.active_units !== undefined ? `${latent.active_units} of ${card.latent_dim}` : undefined],
-      ["Training", train.epoch !== undefined ? `${train.epoch} epochs, β=${fmt(tc.beta)}, validation −ELBO ${fmt(train.val_neg_elbo)}` : undefined],
+      ["Training", train.epoch !== undefined ? `best at epoch ${train.epoch}, β=${fmt(tc.beta)}, validation −ELBO ${fmt(train.val_neg_elbo)}` : undefined],
     ]),
     scalarMetrics.length
       ? table("Test metrics", ["metric", "value"], scalarMetrics.map(([k, v]) => [k, fmt(v)]))

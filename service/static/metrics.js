@@ -3,13 +3,16 @@
 const SAMPLE = /^([a-zA-Z_:][\w:]*)(?:\{(.*)\})?\s+(\S+)/;
 const LABEL = /(\w+)="((?:[^"\\]|\\.)*)"/g;
 
+// Prometheus writes infinities as +Inf / -Inf, which Number() does not read.
+const number = (text) => ({ "+Inf": Infinity, "-Inf": -Infinity })[text] ?? Number(text);
+
 export function parsePrometheus(text) {
   const samples = [];
   for (const line of text.split("\n")) {
     const m = line.startsWith("#") ? null : SAMPLE.exec(line);
     if (!m) continue;
     const labels = Object.fromEntries([...(m[2] ?? "").matchAll(LABEL)].map((l) => [l[1], l[2]]));
-    samples.push({ name: m[1], labels, value: Number(m[3]) });
+    samples.push({ name: m[1], labels, value: number(m[3]) });
   }
   return samples;
 }
@@ -24,7 +27,7 @@ export function endpointTotals(samples) {
       if (Number(labels.status) >= 400) of(labels.endpoint).errors += value;
     } else if (name === "vaeserve_request_latency_seconds_count") of(labels.endpoint).count = value;
     else if (name === "vaeserve_request_latency_seconds_sum") of(labels.endpoint).sum = value;
-    else if (name === "vaeserve_request_latency_seconds_bucket") of(labels.endpoint).buckets.push([Number(labels.le), value]);
+    else if (name === "vaeserve_request_latency_seconds_bucket") of(labels.endpoint).buckets.push([number(labels.le), value]);
   }
   return totals;
 }
