@@ -22,6 +22,9 @@ class VAEConfig:
     # gaussian only: a learned per-feature log-variance, or a fixed one (fixed_log_var).
     gaussian_variance: GaussianVariance = "learned"
     fixed_log_var: float = 0.0
+    # gaussian only: floor of the learned log-variance, so always-constant features (e.g. background
+    # pixels) cannot drive the density to infinity.
+    min_log_var: float = -7.0
 
     def __post_init__(self) -> None:
         if not self.input_shape or any(d <= 0 for d in self.input_shape):
@@ -42,8 +45,8 @@ class VAEConfig:
 
     @property
     def is_image(self) -> bool:
-        """Images are (C, H, W) with pixels in [0, 1]."""
-        return len(self.input_shape) == 3 and self.likelihood == "bernoulli"
+        """Images are (C, H, W) with pixels in [0, 1], whatever the likelihood."""
+        return len(self.input_shape) == 3
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-friendly form (tuples become lists)."""

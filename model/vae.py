@@ -73,7 +73,8 @@ class Decoder(nn.Module):
         """log p(x|z) per feature."""
         if self.config.likelihood == "bernoulli":
             return bernoulli_log_prob(params, x)
-        return gaussian_log_prob(params, self.log_var.expand_as(params), x)
+        log_var = self.log_var.clamp(min=self.config.min_log_var)
+        return gaussian_log_prob(params, log_var.expand_as(params), x)
 
     def mean(self, params: torch.Tensor) -> torch.Tensor:
         """E[x|z]: pixel probabilities or the Gaussian mean."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import signal
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -15,19 +16,20 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from model.manifest import ArtifactError
-from service import api, ops, schemas, web
+from service import admin, api, ops, schemas, v2, web
 from service.errors import ServiceError
 from service.metrics import Metrics
-from service.pipeline import Pipeline, build_handle
-from service.runtime import load_runtime
+from service.pipeline import Pipeline
+from service.security import ApiKeyMiddleware
 from service.settings import Settings
 
 log = logging.getLogger("vaeserve.app")
 ENDPOINTS = {"/encode", "/reconstruct", "/sample", "/interpolate", "/anomaly-score", "/healthz", "/readyz",
-             "/metrics", "/model"}
+             "/metrics", "/model", "/admin/reload", "/"}
 REJECTION_REASONS = {413: "too_large", 429: "queue_full", 503: "not_ready", 504: "timeout"}
 
 
@@ -36,42 +38,58 @@ def error_response(status: int, message: str, error_type: str, headers: dict[str
                     media_type="application/json", headers=headers)
 
 
+LOAD_ERRORS = (ArtifactError, OSError, ValueError, KeyError, TypeError)
+
+
 async def load_model(app: FastAPI) -> None:
     """Verify, load and warm the artifacts off the event loop, then start serving them."""
-    settings: Settings = app.state.settings
-    pipeline: Pipeline = app.state.pipeline
-
-    def load() -> Any:
-        runtime = load_runtime(settings.artifacts_dir, backend=settings.backend, device=settings.device,
-                               intra_op_threads=settings.intra_op_threads)
-        runtime.warm_up()
-        return runtime
-
     try:
-        runtime = await asyncio.get_running_loop().run_in_executor(pipeline.executor, load)
-    except (ArtifactError, OSError, ValueError, KeyError) as exc:
+        await app.state.pipeline.load(app.state.settings.artifacts_dir)
+    except LOAD_ERRORS as exc:
         app.state.load_error = str(exc)
         log.error("model not loaded, service not ready: %s", exc)
         return
-    await pipeline.install(build_handle(runtime, settings, app.state.metrics, pipeline.executor))
+    app.state.load_error = None
     app.state.metrics.ready.set(1)
-    log.info("ready: %s %s (%s on %s)", runtime.name, runtime.version, runtime.backend, runtime.device)
 
 
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     # Load in the background: the port opens at once, /healthz answers, /readyz says 503 until warm.
-    loading = asyncio.get_running_loop().create_task(load_model(app))
+    loop = asyncio.get_running_loop()
+    loading = loop.create_task(load_model(app))
+    _reload_on_sighup(app, loop)
     yield
     if not loading.done():
         loading.cancel()
-    pipeline: Pipeline = app.state.pipeline
-    pipeline.accepting = False
     app.state.metrics.ready.set(0)
-    if pipeline.handle is not None:
-        drained = await pipeline.drain(pipeline.handle, app.state.settings.shutdown_drain_timeout_s)
-        log.info("shutdown: queues %s", "drained" if drained else "not drained in time")
-    pipeline.close()
+    drained = await app.state.pipeline.shutdown()
+    log.info("shutdown: queues %s", "drained" if drained else "not drained in time")
+
+
+def _reload_on_sighup(app: FastAPI, loop: asyncio.AbstractEventLoop) -> None:
+    """SIGHUP reloads the configured artifacts_dir (same checks as POST /admin/reload)."""
+    async def reload() -> None:
+        try:
+            await app.state.pipeline.load(app.state.settings.artifacts_dir)
+            app.state.load_error = None
+            app.state.metrics.ready.set(1)
+        except LOAD_ERRORS as exc:
+            log.error("SIGHUP reload refused, old model keeps serving: %s", exc)
+
+    try:
+        loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(reload()))
+    except (NotImplementedError, RuntimeError, ValueError):  # not the main thread, or no signals here
+        log.debug("SIGHUP reload not available in this process")
+
+
+def endpoint_label(path: str) -> str:
+    """A bounded set of metric labels: known routes, v2 inference, or other."""
+    if path in ENDPOINTS:
+        return path
+    if path.startswith("/v2/"):
+        return "/v2/infer" if path.endswith("/infer") else "/v2"
+    return "other"
 
 
 class MetricsMiddleware:
@@ -80,7 +98,7 @@ class MetricsMiddleware:
     def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
         self.app = app
         self.metrics = metrics
-        self.latency = {e: metrics.request_latency.labels(endpoint=e) for e in ENDPOINTS | {"other"}}
+        self.latency = {e: metrics.request_latency.labels(endpoint=e) for e in ENDPOINTS | {"other", "/v2", "/v2/infer"}}
         self.counters: dict[tuple[str, int], Any] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -88,7 +106,7 @@ class MetricsMiddleware:
             await self.app(scope, receive, send)
             return
         start = time.perf_counter()
-        endpoint = scope["path"] if scope["path"] in ENDPOINTS else "other"
+        endpoint = endpoint_label(scope["path"])
         status = 500
 
         async def send_with_status(message: Message) -> None:
@@ -161,6 +179,13 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(ops.router)
     app.include_router(api.router)
     app.include_router(web.router)
-    app.add_middleware(MetricsMiddleware, metrics=metrics)
+    app.include_router(v2.router)
+    app.include_router(admin.router)
+    if settings.cors_allow_origins:
+        app.add_middleware(CORSMiddleware, allow_origins=settings.cors_allow_origins, allow_methods=["GET", "POST"],
+                           allow_headers=["Authorization", "Content-Type", "Accept"])
+    app.add_middleware(ApiKeyMiddleware, api_keys=settings.accepted_api_keys(),
+                       admin_api_keys=settings.admin_api_keys, protect_metrics=settings.metrics_require_key)
+    app.add_middleware(MetricsMiddleware, metrics=metrics)  # outermost: counts refusals too
     app.openapi = lambda: custom_openapi(app)  # type: ignore[method-assign]
     return app

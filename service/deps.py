@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import io
 from collections.abc import Awaitable
 from typing import Annotated, Any, TypeVar
 
+import numpy as np
 import orjson
 from fastapi import Depends, Request
 from pydantic import BaseModel, ValidationError
@@ -30,11 +32,15 @@ PipelineDep = Annotated[Pipeline, Depends(get_pipeline)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 
 
-async def read_json_object(request: Request, settings: Settings) -> dict[str, Any]:
-    """The body as a JSON object, with 415 / 413 / 400 / 422 for the ways it can be wrong."""
-    content_type = request.headers.get("content-type", "")
-    if content_type and not content_type.split(";")[0].strip().lower().endswith("json"):
-        raise UnsupportedMediaType(f"content-type must be application/json, got {content_type!r}")
+NPY = "application/x-npy"
+
+
+def media_type(header: str | None) -> str:
+    return (header or "").split(";")[0].strip().lower()
+
+
+async def read_body(request: Request, settings: Settings) -> bytes:
+    """The raw body, refused with 413 as soon as it passes max_body_bytes."""
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > settings.max_body_bytes:
         raise PayloadTooLarge(f"body of {declared} bytes exceeds the limit of {settings.max_body_bytes}")
@@ -44,7 +50,20 @@ async def read_json_object(request: Request, settings: Settings) -> dict[str, An
         if size > settings.max_body_bytes:
             raise PayloadTooLarge(f"body exceeds the limit of {settings.max_body_bytes} bytes")
         chunks.append(chunk)
-    body = b"".join(chunks)
+    return b"".join(chunks)
+
+
+async def read_request(request: Request, settings: Settings) -> dict[str, Any]:
+    """The request's fields: a JSON object, or (application/x-npy) `inputs` from an .npy body with
+    the options as query parameters. 415 / 413 / 400 / 422 for the ways it can be wrong."""
+    content_type = media_type(request.headers.get("content-type"))
+    if content_type == NPY:
+        fields: dict[str, Any] = dict(request.query_params)
+        fields["inputs"] = parse_npy(await read_body(request, settings))
+        return fields
+    if content_type and not content_type.endswith("json"):
+        raise UnsupportedMediaType(f"content-type must be application/json or {NPY}, got {content_type!r}")
+    body = await read_body(request, settings)
     try:
         data = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
@@ -52,6 +71,24 @@ async def read_json_object(request: Request, settings: Settings) -> dict[str, An
     if not isinstance(data, dict):
         raise InvalidInput(f"body must be a JSON object, got {type(data).__name__}")
     return data
+
+
+def parse_npy(body: bytes) -> Any:
+    """An .npy array (no pickles: object arrays are refused)."""
+    try:
+        return np.load(io.BytesIO(body), allow_pickle=False)
+    except (ValueError, OSError, EOFError) as exc:
+        raise MalformedBody(f"body is not a valid .npy array: {exc}") from None
+
+
+def wants_npy(request: Request) -> bool:
+    return NPY in request.headers.get("accept", "")
+
+
+def npy_bytes(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, np.ascontiguousarray(array), allow_pickle=False)
+    return buffer.getvalue()
 
 
 def validate_options(model: type[M], data: dict[str, Any]) -> M:

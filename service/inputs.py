@@ -15,7 +15,7 @@ import numpy as np
 
 from service.errors import InvalidInput, PayloadTooLarge
 
-Layout = Literal["flat", "nested", "png"]
+Layout = Literal["flat", "nested", "png", "npy"]
 MAX_PNG_PIXELS = 4096 * 4096
 
 
@@ -41,7 +41,9 @@ class InputSpec:
 
 
 def parse_items(value: Any, *, field: str, spec: InputSpec, max_items: int) -> tuple[np.ndarray, Layout]:
-    """A non-empty list of items -> ((n, F) float32, the layout to answer in)."""
+    """A non-empty list of items (or an .npy array) -> ((n, F) float32, the layout to answer in)."""
+    if isinstance(value, np.ndarray):
+        return _parse_array(value, field=field, spec=spec, max_items=max_items), "npy"
     if not isinstance(value, list) or not value:
         raise InvalidInput(f"{field}: must be a non-empty list of items, got {_describe(value)}")
     if len(value) > max_items:
@@ -60,6 +62,21 @@ def parse_items(value: Any, *, field: str, spec: InputSpec, max_items: int) -> t
         items = array.reshape(len(value), spec.features).astype(np.float32)
     _check_values(items, field=field, spec=spec)
     return items, "flat" if array.ndim == 2 else "nested"
+
+
+def _parse_array(array: np.ndarray, *, field: str, spec: InputSpec, max_items: int) -> np.ndarray:
+    if array.ndim == 0 or len(array) == 0:
+        raise InvalidInput(f"{field}: the .npy array must hold at least one item")
+    if len(array) > max_items:
+        raise PayloadTooLarge(f"{field}: {len(array)} items exceed the limit of {max_items} per request")
+    if array.dtype.kind not in "fiu":
+        raise InvalidInput(f"{field}: the .npy array must be numeric, got dtype {array.dtype}")
+    if array.shape[1:] not in spec.accepted_shapes:
+        raise InvalidInput(f"{field}: each item must have shape {_shapes_text(spec)}, got {list(array.shape[1:])}")
+    with np.errstate(over="ignore"):
+        items = array.reshape(len(array), spec.features).astype(np.float32)
+    _check_values(items, field=field, spec=spec)
+    return items
 
 
 def parse_latents(value: Any, *, field: str, latent_dim: int, max_items: int = 1) -> np.ndarray:
@@ -85,6 +102,8 @@ def format_items(values: np.ndarray, *, layout: Layout, spec: InputSpec) -> list
     """Answer in the caller's layout: flat lists, nested lists in the manifest's shape, or PNG."""
     if layout == "png":
         return [encode_png(row, spec=spec) for row in values]
+    if layout == "npy":
+        return values.tolist()
     if layout == "nested":
         return values.reshape(len(values), *spec.shape).tolist()
     return values.tolist()

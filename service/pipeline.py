@@ -1,16 +1,21 @@
-"""The VAE operations behind the endpoints: decode inputs -> batched graphs -> results. No HTTP.
+"""The VAE operations behind the endpoints, and the lifecycle of the loaded model. No HTTP.
 
 A ModelHandle is one loaded model with one batcher per graph, so work from different endpoints
-that needs the same graph shares batches. Hot reload builds a new handle, warms it, swaps it in
-atomically and drains the old one.
+that needs the same graph shares batches. A request uses one handle from start to end (`use`),
+so a hot reload never mixes versions inside a request: the new handle is loaded and warmed beside
+the old one, swapped in atomically, and the old one is drained once its last request is done.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
+from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -20,7 +25,7 @@ from service.batcher import BatchStats, DynamicBatcher
 from service.errors import InvalidInput, ModelNotReady
 from service.inputs import InputSpec
 from service.metrics import Metrics
-from service.runtime import ModelRuntime
+from service.runtime import ModelRuntime, load_runtime
 from service.settings import Settings
 
 log = logging.getLogger("vaeserve.pipeline")
@@ -28,34 +33,67 @@ log = logging.getLogger("vaeserve.pipeline")
 
 @dataclass
 class ModelHandle:
-    """A runtime and its batchers."""
+    """A runtime, its batchers, and the operations the endpoints call."""
 
     runtime: ModelRuntime
     batchers: dict[str, DynamicBatcher]
     spec: InputSpec
     calibration: dict[str, Any]
+    active_requests: int = 0
 
     @property
     def ref(self) -> dict[str, str]:
         return {"name": self.runtime.name, "version": self.runtime.version}
 
+    @property
+    def latent_dim(self) -> int:
+        return self.runtime.config.latent_dim
 
-def build_handle(runtime: ModelRuntime, settings: Settings, metrics: Metrics, executor: ThreadPoolExecutor) -> ModelHandle:
-    """One batcher per graph, reporting to the metrics; call start_handle on the event loop."""
-    batchers = {}
-    for graph in runtime.graphs:
-        batchers[graph] = DynamicBatcher(
-            lambda feeds, g=graph: runtime.run(g, feeds),
-            max_batch_size=settings.max_batch_size, batch_wait_timeout_s=settings.batch_wait_timeout_s,
-            max_queue_items=settings.max_queue_items, request_timeout_s=settings.request_timeout_s,
-            executor=executor, on_batch=_batch_observer(metrics, graph),
-            on_queue_depth=metrics.queue_depth.labels(graph=graph).set,
-        )
-    shape = tuple(runtime.manifest["input"]["shape"])
-    value_range = runtime.manifest["input"].get("range")
-    spec = InputSpec(shape=shape, value_range=tuple(value_range) if value_range else None,
-                     is_image=runtime.config.is_image)
-    return ModelHandle(runtime, batchers, spec, runtime.manifest.get("calibration", {}))
+    async def encode(self, x: np.ndarray, *, sample: bool, seed: int) -> dict[str, np.ndarray]:
+        out = await self.batchers["encoder"].submit({"x": x})
+        if sample:
+            eps = np.random.default_rng(seed).standard_normal(out["mu"].shape, dtype=np.float32)
+            out = {**out, "z": out["mu"] + np.exp(0.5 * out["log_var"]) * eps}
+        return out
+
+    async def decode(self, z: np.ndarray) -> np.ndarray:
+        return (await self.batchers["decoder"].submit({"z": z.astype(np.float32, copy=False)}))["x_mean"]
+
+    async def reconstruct(self, x: np.ndarray) -> np.ndarray:
+        """Decoder mean at the posterior mean: deterministic."""
+        return await self.decode((await self.batchers["encoder"].submit({"x": x}))["mu"])
+
+    async def sample(self, *, n: int, seed: int, temperature: float) -> tuple[np.ndarray, np.ndarray]:
+        z = np.random.default_rng(seed).standard_normal((n, self.latent_dim), dtype=np.float32) * np.float32(temperature)
+        return z, await self.decode(z)
+
+    async def interpolate(self, z_start: np.ndarray, z_end: np.ndarray, *, steps: int, method: str
+                          ) -> tuple[np.ndarray, np.ndarray]:
+        latents = interpolate(z_start, z_end, steps=steps, method=method)  # type: ignore[arg-type]
+        return latents, await self.decode(latents)
+
+    async def score(self, x: np.ndarray, *, mc_samples: int, seed: int) -> dict[str, np.ndarray]:
+        """The scorer graph's outputs; the noise comes from a generator seeded by the request."""
+        eps = np.random.default_rng(seed).standard_normal((len(x), mc_samples, self.latent_dim), dtype=np.float32)
+        return await self.batchers["scorer"].submit({"x": x, "eps": eps})
+
+    def threshold(self, variant: str, *, target_fpr: float | None, contamination: float | None) -> tuple[float, float]:
+        """(threshold, its quantile of the normal-data calibration)."""
+        if target_fpr is not None and contamination is not None:
+            raise InvalidInput("target_fpr and contamination: give at most one of them")
+        variant_cal = self.calibration.get("variants", {}).get(variant)
+        if variant_cal is None:
+            raise InvalidInput(f"score: the model has no calibration for variant {variant!r}")
+        rate = target_fpr if target_fpr is not None else contamination
+        if rate is None:
+            return float(variant_cal["threshold"]), float(self.calibration["default_threshold_quantile"])
+        quantile = 1.0 - rate
+        return float(np.interp(quantile, self.calibration["quantile_levels"], variant_cal["quantiles"])), quantile
+
+    def percentiles(self, variant: str, scores: np.ndarray) -> np.ndarray:
+        """Share of calibration scores below each score, in percent."""
+        grid = np.asarray(self.calibration["variants"][variant]["quantiles"])
+        return np.interp(scores, grid, np.asarray(self.calibration["quantile_levels"]) * 100.0)
 
 
 def _batch_observer(metrics: Metrics, graph: str) -> Any:
@@ -73,7 +111,7 @@ def _batch_observer(metrics: Metrics, graph: str) -> Any:
 
 
 class Pipeline:
-    """The operations every endpoint calls; holds the current model handle."""
+    """Owns the current model handle: load, use, reload, drain."""
 
     def __init__(self, settings: Settings, metrics: Metrics) -> None:
         self.settings = settings
@@ -81,6 +119,8 @@ class Pipeline:
         self.executor = ThreadPoolExecutor(max_workers=settings.inference_workers, thread_name_prefix="inference")
         self.handle: ModelHandle | None = None
         self.accepting = True
+        self._reload_lock = asyncio.Lock()
+        self._retired: set[asyncio.Task[None]] = set()
 
     @property
     def current(self) -> ModelHandle:
@@ -89,73 +129,71 @@ class Pipeline:
             raise ModelNotReady("the model is not loaded yet or the service is shutting down")
         return handle
 
-    async def install(self, handle: ModelHandle) -> ModelHandle | None:
-        """Start a warmed handle's batchers and swap it in; returns the previous handle."""
-        for batcher in handle.batchers.values():
-            batcher.start()
-        previous, self.handle = self.handle, handle
-        self.metrics.set_model(name=handle.runtime.name, version=handle.runtime.version,
-                               backend=handle.runtime.backend, device=handle.runtime.device)
-        return previous
+    @asynccontextmanager
+    async def use(self) -> AsyncIterator[ModelHandle]:
+        """The current handle for the whole of one request."""
+        handle = self.current
+        handle.active_requests += 1
+        try:
+            yield handle
+        finally:
+            handle.active_requests -= 1
+
+    async def load(self, artifacts_dir: Path) -> ModelHandle:
+        """Verify, load and warm a model off the event loop, swap it in, retire the previous one."""
+        async with self._reload_lock:
+            runtime = await asyncio.get_running_loop().run_in_executor(self.executor, self._load_runtime, artifacts_dir)
+            handle = self._build_handle(runtime)
+            for batcher in handle.batchers.values():
+                batcher.start()
+            previous, self.handle = self.handle, handle
+            self.metrics.set_model(name=runtime.name, version=runtime.version, backend=runtime.backend,
+                                   device=runtime.device)
+            if previous is not None:
+                task = asyncio.get_running_loop().create_task(self.drain(previous, self.settings.shutdown_drain_timeout_s))
+                self._retired.add(task)
+                task.add_done_callback(self._retired.discard)
+            log.info("serving %s %s (%s on %s)", runtime.name, runtime.version, runtime.backend, runtime.device)
+            return handle
+
+    def _load_runtime(self, artifacts_dir: Path) -> ModelRuntime:
+        runtime = load_runtime(artifacts_dir, backend=self.settings.backend, device=self.settings.device,
+                               intra_op_threads=self.settings.intra_op_threads)
+        runtime.warm_up()
+        return runtime
+
+    def _build_handle(self, runtime: ModelRuntime) -> ModelHandle:
+        s = self.settings
+        batchers = {
+            graph: DynamicBatcher(
+                lambda feeds, g=graph: runtime.run(g, feeds),
+                max_batch_size=s.max_batch_size, batch_wait_timeout_s=s.batch_wait_timeout_s,
+                max_queue_items=s.max_queue_items, request_timeout_s=s.request_timeout_s, executor=self.executor,
+                on_batch=_batch_observer(self.metrics, graph), on_queue_depth=self.metrics.queue_depth.labels(graph=graph).set,
+            )
+            for graph in runtime.graphs
+        }
+        value_range = runtime.manifest["input"].get("range")
+        spec = InputSpec(shape=tuple(runtime.manifest["input"]["shape"]),
+                         value_range=tuple(value_range) if value_range else None, is_image=runtime.config.is_image)
+        return ModelHandle(runtime, batchers, spec, runtime.manifest.get("calibration", {}))
 
     async def drain(self, handle: ModelHandle, timeout_s: float) -> bool:
-        """Finish everything a handle accepted, then stop its batchers."""
-        results = await asyncio.gather(*(b.drain_and_stop(timeout_s) for b in handle.batchers.values()))
-        return all(results)
+        """Wait for the handle's last request, finish its queues, stop its batchers."""
+        deadline = time.monotonic() + timeout_s
+        while handle.active_requests and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        remaining = max(0.0, deadline - time.monotonic())
+        results = await asyncio.gather(*(b.drain_and_stop(remaining) for b in handle.batchers.values()))
+        return all(results) and handle.active_requests == 0
 
-    async def encode(self, x: np.ndarray, *, sample: bool, seed: int) -> dict[str, np.ndarray]:
-        handle = self.current
-        out = await handle.batchers["encoder"].submit({"x": x})
-        if sample:
-            eps = np.random.default_rng(seed).standard_normal(out["mu"].shape, dtype=np.float32)
-            out = {**out, "z": out["mu"] + np.exp(0.5 * out["log_var"]) * eps}
-        return out
-
-    async def decode(self, z: np.ndarray) -> np.ndarray:
-        return (await self.current.batchers["decoder"].submit({"z": z.astype(np.float32, copy=False)}))["x_mean"]
-
-    async def reconstruct(self, x: np.ndarray) -> np.ndarray:
-        """Decoder mean at the posterior mean: deterministic."""
-        mu = (await self.current.batchers["encoder"].submit({"x": x}))["mu"]
-        return await self.decode(mu)
-
-    async def sample(self, *, n: int, seed: int, temperature: float) -> tuple[np.ndarray, np.ndarray]:
-        latent_dim = self.current.runtime.config.latent_dim
-        z = np.random.default_rng(seed).standard_normal((n, latent_dim), dtype=np.float32) * np.float32(temperature)
-        return z, await self.decode(z)
-
-    async def interpolate(self, z_start: np.ndarray, z_end: np.ndarray, *, steps: int, method: str
-                          ) -> tuple[np.ndarray, np.ndarray]:
-        latents = interpolate(z_start, z_end, steps=steps, method=method)  # type: ignore[arg-type]
-        return latents, await self.decode(latents)
-
-    async def score(self, x: np.ndarray, *, mc_samples: int, seed: int) -> dict[str, np.ndarray]:
-        """The scorer graph's outputs; the noise comes from a generator seeded by the request."""
-        handle = self.current
-        eps = np.random.default_rng(seed).standard_normal(
-            (len(x), mc_samples, handle.runtime.config.latent_dim), dtype=np.float32)
-        return await handle.batchers["scorer"].submit({"x": x, "eps": eps})
-
-    def threshold(self, variant: str, *, target_fpr: float | None, contamination: float | None) -> tuple[float, float]:
-        """(threshold, its quantile) from the calibration of normal data."""
-        if target_fpr is not None and contamination is not None:
-            raise InvalidInput("target_fpr and contamination: give at most one of them")
-        calibration = self.current.calibration
-        variant_cal = calibration.get("variants", {}).get(variant)
-        if variant_cal is None:
-            raise InvalidInput(f"score: the model has no calibration for variant {variant!r}")
-        rate = target_fpr if target_fpr is not None else contamination
-        if rate is None:
-            return float(variant_cal["threshold"]), float(calibration["default_threshold_quantile"])
-        quantile = 1.0 - rate
-        return float(np.interp(quantile, calibration["quantile_levels"], variant_cal["quantiles"])), quantile
-
-    def percentiles(self, variant: str, scores: np.ndarray) -> np.ndarray:
-        """Share of calibration scores below each score, in percent."""
-        calibration = self.current.calibration
-        grid = np.asarray(calibration["variants"][variant]["quantiles"])
-        levels = np.asarray(calibration["quantile_levels"]) * 100.0
-        return np.interp(scores, grid, levels)
-
-    def close(self) -> None:
+    async def shutdown(self) -> bool:
+        """Refuse new requests, answer the accepted ones, stop."""
+        self.accepting = False
+        drained = True
+        if self.handle is not None:
+            drained = await self.drain(self.handle, self.settings.shutdown_drain_timeout_s)
+        if self._retired:
+            await asyncio.gather(*self._retired, return_exceptions=True)
         self.executor.shutdown(wait=False, cancel_futures=True)
+        return drained

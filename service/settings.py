@@ -31,3 +31,15 @@ class Settings(BaseSettings):
     inference_workers: int = Field(2, ge=1, description="threads running batches (one batch per graph at a time)")
     shutdown_drain_timeout_s: float = Field(20.0, ge=0, description="on SIGTERM, how long to drain queues")
     log_level: str = Field("info", description="uvicorn and service log level")
+    api_keys: list[str] = Field(default_factory=list, description="accepted Bearer keys (JSON list); empty: no auth")
+    api_keys_file: Path | None = Field(None, description="file with one accepted Bearer key per line")
+    admin_api_keys: list[str] = Field(default_factory=list, description="Bearer keys for /admin/*; empty: admin routes off")
+    metrics_require_key: bool = Field(False, description="also require an API key for /metrics")
+    cors_allow_origins: list[str] = Field(default_factory=list, description="CORS origins (JSON list); empty: CORS off")
+
+    def accepted_api_keys(self) -> list[str]:
+        """Keys from the setting and the key file together."""
+        keys = list(self.api_keys)
+        if self.api_keys_file is not None:
+            keys += [line.strip() for line in self.api_keys_file.read_text().splitlines() if line.strip()]
+        return keys

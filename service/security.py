@@ -1,0 +1,63 @@
+"""Bearer API keys as pure ASGI middleware: constant-time comparison, health probes exempt."""
+
+from __future__ import annotations
+
+import hmac
+
+import orjson
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+# Probes must work without secrets (load balancers, kubelets); /metrics is opt-in protected.
+ALWAYS_OPEN = frozenset({"/healthz", "/readyz", "/v2/health/live", "/v2/health/ready"})
+ADMIN_PREFIX = "/admin/"
+
+
+def key_matches(presented: bytes, keys: list[bytes]) -> bool:
+    """Compare with every key, constant time each, so timing reveals neither key nor position."""
+    matched = False
+    for key in keys:
+        matched |= hmac.compare_digest(presented, key)
+    return matched
+
+
+class ApiKeyMiddleware:
+    """401 without a valid `Authorization: Bearer <key>`; /admin/* needs an admin key (403 if none set)."""
+
+    def __init__(self, app: ASGIApp, *, api_keys: list[str], admin_api_keys: list[str], protect_metrics: bool) -> None:
+        self.app = app
+        self.keys = [k.encode() for k in api_keys]
+        self.admin_keys = [k.encode() for k in admin_api_keys]
+        self.open_paths = ALWAYS_OPEN if protect_metrics else ALWAYS_OPEN | {"/metrics"}
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] == "OPTIONS":
+            await self.app(scope, receive, send)
+            return
+        path = scope["path"]
+        if path.startswith(ADMIN_PREFIX):
+            problem = self._check(scope, self.admin_keys, "admin routes are disabled: set VAESERVE_ADMIN_API_KEYS")
+        elif self.keys and path not in self.open_paths:
+            problem = self._check(scope, self.keys, "")
+        else:
+            problem = None
+        if problem is None:
+            await self.app(scope, receive, send)
+            return
+        status, message, kind = problem
+        headers = [(b"content-type", b"application/json")]
+        if status == 401:
+            headers.append((b"www-authenticate", b"Bearer"))
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": orjson.dumps({"error": message, "error_type": kind})})
+
+    @staticmethod
+    def _check(scope: Scope, keys: list[bytes], disabled_message: str) -> tuple[int, str, str] | None:
+        if not keys:
+            return 403, disabled_message, "forbidden"
+        header = dict(scope["headers"]).get(b"authorization", b"")
+        scheme, _, presented = header.partition(b" ")
+        if scheme.lower() != b"bearer" or not presented:
+            return 401, "missing API key: send Authorization: Bearer <key>", "unauthorized"
+        if not key_matches(presented.strip(), keys):
+            return 401, "invalid API key", "unauthorized"
+        return None

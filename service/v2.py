@@ -1,0 +1,173 @@
+"""The Open Inference Protocol (KServe v2) over the same batchers and metrics, with Triton's
+binary tensor extension (Inference-Header-Content-Length). Model names are the manifest's graphs.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import orjson
+from fastapi import APIRouter, Request
+from fastapi.responses import Response
+
+from service.deps import PipelineDep, SettingsDep, read_body, unless_disconnected
+from service.errors import InvalidInput, MalformedBody, ModelNotReady, NotFound
+from service.pipeline import ModelHandle
+
+router = APIRouter(prefix="/v2", tags=["KServe v2"])
+HEADER_LENGTH = "inference-header-content-length"
+DATATYPES = {"FP32": np.float32, "FP64": np.float64, "INT32": np.int32, "INT64": np.int64}
+NAMES = {np.dtype(v).name: k for k, v in DATATYPES.items()}
+
+
+def _json(payload: dict[str, Any], status: int = 200) -> Response:
+    return Response(orjson.dumps(payload), status_code=status, media_type="application/json")
+
+
+def _graph(pipeline: PipelineDep, name: str, version: str | None) -> tuple[ModelHandle, dict[str, Any]]:
+    handle = pipeline.current
+    spec = handle.runtime.manifest["graphs"].get(name)
+    if spec is None:
+        raise NotFound(f"model {name!r} not found; models: {sorted(handle.runtime.manifest['graphs'])}")
+    if version not in (None, "", handle.runtime.version):
+        raise NotFound(f"model {name!r} has no version {version!r}; serving {handle.runtime.version!r}")
+    return handle, spec
+
+
+@router.get("", summary="Server metadata")
+async def server_metadata() -> Response:
+    return _json({"name": "vaeserve", "version": "0.1.0", "extensions": ["binary_tensor_data"]})
+
+
+@router.get("/health/live", summary="Server liveness")
+async def live() -> Response:
+    return _json({"live": True})
+
+
+@router.get("/health/ready", summary="Server readiness")
+async def ready(pipeline: PipelineDep) -> Response:
+    is_ready = pipeline.handle is not None and pipeline.accepting
+    return _json({"ready": is_ready}, 200 if is_ready else 503)
+
+
+@router.get("/models/{name}", summary="Model metadata")
+@router.get("/models/{name}/versions/{version}", summary="Model metadata (one version)")
+async def model_metadata(pipeline: PipelineDep, name: str, version: str | None = None) -> Response:
+    handle, spec = _graph(pipeline, name, version)
+    dims = {"batch": -1, "k": -1}
+    tensor = lambda t: {"name": t["name"], "datatype": NAMES[t["dtype"]],  # noqa: E731
+                        "shape": [dims.get(d, d) for d in t["shape"]]}
+    platform = "onnxruntime_onnx" if handle.runtime.backend == "onnxruntime" else "pytorch_libtorch"
+    return _json({"name": name, "versions": [handle.runtime.version], "platform": platform,
+                  "inputs": [tensor(t) for t in spec["inputs"]], "outputs": [tensor(t) for t in spec["outputs"]]})
+
+
+@router.get("/models/{name}/ready", summary="Model readiness")
+@router.get("/models/{name}/versions/{version}/ready", summary="Model readiness (one version)")
+async def model_ready(pipeline: PipelineDep, name: str, version: str | None = None) -> Response:
+    try:
+        _graph(pipeline, name, version)
+    except ModelNotReady:
+        return _json({"name": name, "ready": False}, 503)
+    return _json({"name": name, "ready": True})
+
+
+@router.post("/models/{name}/infer", summary="Inference (JSON or binary tensors)")
+@router.post("/models/{name}/versions/{version}/infer", summary="Inference on one version")
+async def infer(request: Request, pipeline: PipelineDep, settings: SettingsDep, name: str,
+                version: str | None = None) -> Response:
+    body = await read_body(request, settings)
+    async with pipeline.use() as handle:
+        _, spec = _graph(pipeline, name, version)
+        header, binary = _split(body, request.headers.get(HEADER_LENGTH))
+        feeds = _feeds(header, binary, spec, max_items=settings.max_items_per_request)
+        outputs = await unless_disconnected(request, handle.batchers[name].submit(feeds))
+    return _response(header, outputs, spec, model=name, version=handle.runtime.version)
+
+
+def _split(body: bytes, header_length: str | None) -> tuple[dict[str, Any], bytes]:
+    size = len(body)
+    if header_length is not None:
+        if not header_length.isdigit() or int(header_length) > size:
+            raise MalformedBody(f"Inference-Header-Content-Length {header_length!r} is not within the body's {size} bytes")
+        size = int(header_length)
+    try:
+        header = orjson.loads(body[:size])
+    except orjson.JSONDecodeError as exc:
+        raise MalformedBody(f"inference request header is not valid JSON: {exc}") from None
+    if not isinstance(header, dict) or not isinstance(header.get("inputs"), list):
+        raise InvalidInput("inputs: the inference request needs a list of input tensors")
+    return header, body[size:]
+
+
+def _feeds(header: dict[str, Any], binary: bytes, spec: dict[str, Any], *, max_items: int) -> dict[str, np.ndarray]:
+    """Decode every input tensor (JSON data or binary), check names, shapes, batch and values."""
+    expected = {t["name"]: t for t in spec["inputs"]}
+    feeds: dict[str, np.ndarray] = {}
+    offset = 0
+    for i, tensor in enumerate(header["inputs"]):
+        if not isinstance(tensor, dict) or tensor.get("name") not in expected:
+            raise InvalidInput(f"inputs[{i}]: name must be one of {sorted(expected)}")
+        name, shape, datatype = tensor["name"], tensor.get("shape"), tensor.get("datatype")
+        if datatype not in ("FP32", "FP64"):
+            raise InvalidInput(f"inputs[{i}] ({name}): datatype must be FP32 (or FP64), got {datatype!r}")
+        if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
+            raise InvalidInput(f"inputs[{i}] ({name}): shape must be a list of non-negative integers")
+        dtype = DATATYPES[datatype]
+        size = (tensor.get("parameters") or {}).get("binary_data_size")
+        try:
+            if size is not None:
+                if not isinstance(size, int) or offset + size > len(binary):
+                    raise InvalidInput(f"inputs[{i}] ({name}): binary_data_size {size!r} exceeds the binary payload")
+                array = np.frombuffer(binary[offset:offset + size], dtype=dtype).reshape(shape)
+                offset += size
+            else:
+                array = np.asarray(tensor.get("data"), dtype=dtype).reshape(shape)
+        except (ValueError, TypeError):
+            raise InvalidInput(f"inputs[{i}] ({name}): data does not hold numbers of shape {shape}") from None
+        want = expected[name]["shape"]
+        if len(shape) != len(want) or any(isinstance(w, int) and w != d for w, d in zip(want, shape)):
+            raise InvalidInput(f"inputs[{i}] ({name}): shape {shape} does not match {want}")
+        if shape[0] == 0 or shape[0] > max_items:
+            raise InvalidInput(f"inputs[{i}] ({name}): batch of {shape[0]} items is outside 1..{max_items}")
+        with np.errstate(over="ignore"):
+            feeds[name] = np.ascontiguousarray(array, dtype=np.float32)
+        if not np.isfinite(feeds[name]).all():
+            raise InvalidInput(f"inputs[{i}] ({name}): contains NaN, infinite or out-of-float32-range values")
+    missing = set(expected) - set(feeds)
+    if missing:
+        raise InvalidInput(f"inputs: missing tensors {sorted(missing)}")
+    if len({len(v) for v in feeds.values()}) > 1:
+        raise InvalidInput("inputs: all tensors must have the same batch size")
+    return feeds
+
+
+def _response(header: dict[str, Any], outputs: dict[str, np.ndarray], spec: dict[str, Any], *, model: str,
+              version: str) -> Response:
+    """Requested outputs (all by default); binary where asked, with the header length."""
+    binary_default = bool((header.get("parameters") or {}).get("binary_data_output", False))
+    requested = header.get("outputs") or [{"name": t["name"]} for t in spec["outputs"]]
+    tensors, blobs = [], []
+    for i, wanted in enumerate(requested):
+        name = wanted.get("name") if isinstance(wanted, dict) else None
+        if name not in outputs:
+            raise InvalidInput(f"outputs[{i}]: name must be one of {sorted(outputs)}")
+        array = np.ascontiguousarray(outputs[name])
+        entry: dict[str, Any] = {"name": name, "datatype": NAMES[array.dtype.name], "shape": list(array.shape)}
+        if (wanted.get("parameters") or {}).get("binary_data", binary_default):
+            blob = array.tobytes()
+            entry["parameters"] = {"binary_data_size": len(blob)}
+            blobs.append(blob)
+        else:
+            entry["data"] = array.reshape(-1).tolist()
+        tensors.append(entry)
+    payload = orjson.dumps({"model_name": model, "model_version": version, "id": header.get("id", ""),
+                            "outputs": tensors})
+    if not blobs:
+        return Response(payload, media_type="application/json")
+    return Response(payload + b"".join(blobs), media_type="application/octet-stream",
+                    headers={"Inference-Header-Content-Length": str(len(payload))})
+
+
+
