@@ -102,11 +102,12 @@ function readFile(file) {
 
 async function randomExample() {
   const seed = Math.floor(Math.random() * 2 ** 31);
-  await panel("analyze", "analyze-error", async () => {
+  try {
     const { samples } = await api.sample({ n: 1, seed, temperature: 1 });
-    state.current = { item: samples[0], label: `random sample (seed ${seed})` };
-  });
-  return analyze();
+    await select(samples[0], `random sample (seed ${seed})`);
+  } catch (err) {
+    report("analyze-error", err);
+  }
 }
 
 // The input as drawn, back to pixels: for derived examples such as the inverse of an upload.
