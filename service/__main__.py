@@ -1,15 +1,66 @@
-"""`python -m service` / `vaeserve serve`: one uvicorn worker (the batcher is in-process)."""
+"""`python -m service` / `vaeserve serve`: one uvicorn worker (the batcher is in-process), graceful on SIGTERM."""
 
 from __future__ import annotations
 
 import logging
+import math
+import signal
 import sys
+import time
+from types import FrameType
 from typing import Any
 
 import uvicorn
+from fastapi import FastAPI
 
 from service.app import create_app
 from service.settings import Settings
+
+log = logging.getLogger("vaeserve.shutdown")
+
+
+class GracefulServer(uvicorn.Server):
+    """uvicorn that stops in the order a load balancer needs.
+
+    On the first SIGTERM/SIGINT the pipeline stops accepting: /readyz and new requests answer 503 at
+    once (nginx retries them on another replica). After `shutdown_grace_s` uvicorn closes the port,
+    waits up to `shutdown_drain_timeout_s` for the requests already accepted, and the app's lifespan
+    drains the batch queues. A second signal skips what is left of the grace period.
+    """
+
+    def __init__(self, config: uvicorn.Config, *, app: FastAPI, grace_s: float) -> None:
+        super().__init__(config)
+        self.app = app
+        self.grace_s = grace_s
+        self.signalled_at: float | None = None
+        self._signal = signal.SIGTERM
+        self._announced = False
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        # Runs in a signal handler: only plain attribute writes here; logging and metrics wait for on_tick.
+        if self.signalled_at is None:
+            self.signalled_at = time.monotonic()
+            self._signal = signal.Signals(sig)
+            self.app.state.pipeline.accepting = False
+            if self.grace_s > 0:
+                return
+        super().handle_exit(sig, frame)
+
+    async def on_tick(self, counter: int) -> bool:
+        if self.signalled_at is not None and not self._announced:
+            self._announced = True
+            self.app.state.metrics.ready.set(0)
+            handle = self.app.state.pipeline.handle
+            log.info("%s: readiness 503, refusing new requests, %d in flight; closing the port in %.1fs",
+                     self._signal.name, handle.active_requests if handle else 0, self.grace_s)
+        if self.signalled_at is not None and not self.should_exit and time.monotonic() - self.signalled_at >= self.grace_s:
+            super().handle_exit(self._signal, None)
+        return await super().on_tick(counter)
+
+    async def shutdown(self, sockets: Any = None) -> None:
+        await super().shutdown(sockets)
+        if self.signalled_at is not None:
+            log.info("stopped %.2fs after %s", time.monotonic() - self.signalled_at, self._signal.name)
 
 
 def serve(overrides: dict[str, Any] | None = None) -> int:
@@ -17,8 +68,9 @@ def serve(overrides: dict[str, Any] | None = None) -> int:
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     app = create_app(settings)
     config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level=settings.log_level,
-                            access_log=False, workers=1, timeout_graceful_shutdown=int(settings.shutdown_drain_timeout_s))
-    uvicorn.Server(config).run()
+                            access_log=False, workers=1,
+                            timeout_graceful_shutdown=math.ceil(settings.shutdown_drain_timeout_s))
+    GracefulServer(config, app=app, grace_s=settings.shutdown_grace_s).run()
     return 0
 
 

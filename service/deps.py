@@ -58,7 +58,7 @@ async def read_request(request: Request, settings: Settings) -> dict[str, Any]:
     the options as query parameters. 415 / 413 / 400 / 422 for the ways it can be wrong."""
     content_type = media_type(request.headers.get("content-type"))
     if content_type == NPY:
-        fields: dict[str, Any] = dict(request.query_params)
+        fields: dict[str, Any] = {k: _query_value(v) for k, v in request.query_params.items()}
         fields["inputs"] = parse_npy(await read_body(request, settings))
         return fields
     if content_type and not content_type.endswith("json"):
@@ -71,6 +71,14 @@ async def read_request(request: Request, settings: Settings) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise InvalidInput(f"body must be a JSON object, got {type(data).__name__}")
     return data
+
+
+def _query_value(text: str) -> Any:
+    """Query parameters as JSON values (16 -> int, true -> bool), else the plain string."""
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return text
 
 
 def parse_npy(body: bytes) -> Any:

@@ -158,12 +158,13 @@ def _check_values(items: np.ndarray, *, field: str, spec: InputSpec) -> None:
 
 
 def _ragged_message(value: list[Any], *, field: str, spec: InputSpec) -> str:
-    expected = np.shape(value[0])
+    expected = None
     for i, item in enumerate(value):
         try:
             shape = np.shape(item)
         except ValueError:
             return f"{field}[{i}]: nested lists of unequal length; expected shape {_shapes_text(spec)}"
+        expected = shape if expected is None else expected
         if shape != expected:
             return f"{field}[{i}]: shape {list(shape)} differs from item 0's {list(expected)}; expected {_shapes_text(spec)}"
     return f"{field}: items must be equal-shaped lists of numbers, expected {_shapes_text(spec)}"

@@ -15,7 +15,8 @@ MAX_SEED = 2**63 - 1
 
 
 class Options(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # strict: `"seed": false` or `"n": "3"` is an error, not silently coerced.
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 class EncodeOptions(Options):
@@ -25,19 +26,19 @@ class EncodeOptions(Options):
 
 class EncodeRequest(EncodeOptions):
     inputs: list[Item] = Field(..., description=ITEM_DOC, min_length=1)
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"inputs": [[0.0] * 784]}]})
+    model_config = ConfigDict(extra="forbid", strict=True, json_schema_extra={"examples": [{"inputs": [[0.0] * 784]}]})
 
 
 class ReconstructRequest(Options):
     inputs: list[Item] = Field(..., description=ITEM_DOC, min_length=1)
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"inputs": [[0.0] * 784]}]})
+    model_config = ConfigDict(extra="forbid", strict=True, json_schema_extra={"examples": [{"inputs": [[0.0] * 784]}]})
 
 
 class SampleRequest(Options):
     n: int = Field(16, ge=1, description="number of samples (at most the server's max_sample_n)")
     seed: int = Field(0, ge=0, le=MAX_SEED, description="seed of z ~ N(0, I)")
     temperature: float = Field(1.0, gt=0, le=10, description="scale of z: z = temperature * N(0, I)")
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"n": 4, "seed": 0, "temperature": 1.0}]})
+    model_config = ConfigDict(extra="forbid", strict=True, json_schema_extra={"examples": [{"n": 4, "seed": 0, "temperature": 1.0}]})
 
 
 class InterpolateOptions(Options):
@@ -50,7 +51,7 @@ class InterpolateOptions(Options):
 class InterpolateRequest(InterpolateOptions):
     start: Item | None = Field(None, description="input to start from (encoded to its posterior mean)")
     end: Item | None = Field(None, description="input to end at")
-    model_config = ConfigDict(extra="forbid", json_schema_extra={
+    model_config = ConfigDict(extra="forbid", strict=True, json_schema_extra={
         "examples": [{"z_start": [0.0] * 20, "z_end": [1.0] * 20, "steps": 5, "method": "slerp"}]})
 
 
@@ -65,7 +66,7 @@ class AnomalyScoreOptions(Options):
 
 class AnomalyScoreRequest(AnomalyScoreOptions):
     inputs: list[Item] = Field(..., description=ITEM_DOC, min_length=1)
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"inputs": [[0.0] * 784], "mc_samples": 16, "seed": 0}]})
+    model_config = ConfigDict(extra="forbid", strict=True, json_schema_extra={"examples": [{"inputs": [[0.0] * 784], "mc_samples": 16, "seed": 0}]})
 
 
 class ModelRef(BaseModel):

@@ -30,6 +30,8 @@ class Settings(BaseSettings):
     intra_op_threads: int = Field(0, ge=0, description="ONNX Runtime / torch threads per graph (0: library default)")
     inference_workers: int = Field(2, ge=1, description="threads running batches (one batch per graph at a time)")
     shutdown_drain_timeout_s: float = Field(20.0, ge=0, description="on SIGTERM, how long to drain queues")
+    shutdown_grace_s: float = Field(2.0, ge=0, description="on SIGTERM, how long readiness answers 503 before the "
+                                                           "port closes, so load balancers notice")
     log_level: str = Field("info", description="uvicorn and service log level")
     api_keys: list[str] = Field(default_factory=list, description="accepted Bearer keys (JSON list); empty: no auth")
     api_keys_file: Path | None = Field(None, description="file with one accepted Bearer key per line")

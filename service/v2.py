@@ -14,8 +14,12 @@ from fastapi.responses import Response
 from service.deps import PipelineDep, SettingsDep, read_body, unless_disconnected
 from service.errors import InvalidInput, MalformedBody, ModelNotReady, NotFound
 from service.pipeline import ModelHandle
+from service.schemas import ErrorResponse
 
-router = APIRouter(prefix="/v2", tags=["KServe v2"])
+router = APIRouter(prefix="/v2", tags=["KServe v2"], responses={
+    code: {"model": ErrorResponse, "description": text} for code, text in (
+        (400, "malformed request"), (404, "no such model or version"), (413, "body too large"),
+        (422, "invalid tensors"), (429, "queue full"), (503, "not ready"), (504, "queued too long"))})
 HEADER_LENGTH = "inference-header-content-length"
 DATATYPES = {"FP32": np.float32, "FP64": np.float64, "INT32": np.int32, "INT64": np.int64}
 NAMES = {np.dtype(v).name: k for k, v in DATATYPES.items()}

@@ -5,7 +5,7 @@ import { renderCard, startLive } from "./card.js";
 
 const $ = (id) => document.getElementById(id);
 // An item is what the API takes: a flat [0, 1] pixel array or a base64 PNG (a data: URL is fine).
-const state = { card: null, shape: [28, 28], current: null, start: null, end: null };
+const state = { card: null, shape: [28, 28], samples: [], current: null, start: null, end: null };
 const runs = {}; // latest run per panel, so a slow stale answer never overwrites a newer one
 
 // A number field as the API should see it: empty stays null, so the API names the problem.
@@ -43,7 +43,8 @@ function strip(container, outputs, label) {
 
 function drawSamples() {
   return panel("samples", "sample-error", async (current) => {
-    const out = await api.sample({ n: num("count"), seed: num("seed"), temperature: num("temperature") });
+    const seed = num("seed");
+    const out = await api.sample({ n: num("count"), seed, temperature: num("temperature") });
     if (!current()) return;
     $("sample-grid").replaceChildren(...out.samples.map((pixels, i) => {
       const button = Object.assign(document.createElement("button"), { type: "button", className: "tile" });
@@ -51,7 +52,7 @@ function drawSamples() {
       const el = canvas(state.shape, `sample ${i + 1}`);
       drawPixels(el, pixels, state.shape);
       button.append(el);
-      button.addEventListener("click", () => select(pixels, `sample ${i + 1} (seed ${num("seed")})`));
+      button.addEventListener("click", () => select(pixels, `sample ${i + 1} (seed ${seed})`));
       return button;
     }));
     state.samples = out.samples;
@@ -132,6 +133,7 @@ function interpolate() {
 
 function traverse() {
   return panel("traverse", "traverse-error", async (current) => {
+    if (!state.card) throw new Error("the model card has not loaded yet");
     const dim = state.card.latent_dim, span = num("traverse-span"), steps = num("traverse-steps");
     let base = new Array(dim).fill(0);
     if ($("traverse-base").value === "current") {
@@ -214,7 +216,7 @@ async function boot() {
     return;
   }
   await drawSamples();
-  const samples = state.samples ?? [];
+  const samples = state.samples;
   if (samples.length) await select(samples[0], "sample 1 (seed 0)");
   [state.start, state.end] = [samples[0] ?? null, samples[1] ?? samples[0] ?? null];
   if (state.start) {
