@@ -23,12 +23,16 @@ import numpy as np
 from service.errors import ModelNotReady, Overloaded, RequestTimeout
 
 Batch = dict[str, np.ndarray]
+# Admit a request only if the queue ahead of it should drain within this share of its timeout: the
+# measured rate is an estimate, and a request admitted only to time out helps nobody.
+ADMISSION_SHARE_OF_TIMEOUT = 0.5
 
 
 @dataclass
 class _Chunk:
     inputs: Batch
     size: int
+    weight: int  # size times the per-item weight: what the chunk costs to run
     future: asyncio.Future[Batch]
     enqueued_at: float
     deadline: float
@@ -55,6 +59,7 @@ class DynamicBatcher:
         max_queue_items: int,
         request_timeout_s: float = 30.0,
         executor: Executor | None = None,
+        item_weight: Callable[[Batch], int] | None = None,
         on_batch: Callable[[BatchStats], None] | None = None,
         on_queue_depth: Callable[[int], None] | None = None,
     ) -> None:
@@ -70,15 +75,19 @@ class DynamicBatcher:
         self.max_queue_items = max_queue_items
         self.request_timeout_s = request_timeout_s
         self.executor = executor
+        # Items can cost more than one unit (e.g. K Monte Carlo samples each): batches and the
+        # admission estimate count weight, so a batch of heavy items stays small.
+        self.item_weight = item_weight
         self.on_batch = on_batch
         self.on_queue_depth = on_queue_depth
         self._queue: deque[_Chunk] = deque()
         self.queued_items = 0
+        self.queued_weight = 0
         self._in_flight = 0
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._closing = False
-        self._items_per_s = 0.0  # EWMA of the measured service rate, for Retry-After
+        self._weight_per_s = 0.0  # EWMA of the measured service rate (weight units/s), for admission
 
     def start(self) -> None:
         """Start the batching loop on the running event loop."""
@@ -95,16 +104,25 @@ class DynamicBatcher:
                 f"queue full ({self.queued_items} items queued, limit {self.max_queue_items}); retry later",
                 retry_after_s=self.retry_after_s(size),
             )
+        unit = max(1, self.item_weight(inputs)) if self.item_weight else 1
+        expected_wait_s = self.expected_wait_s(size * unit)
+        if expected_wait_s > ADMISSION_SHARE_OF_TIMEOUT * self.request_timeout_s:
+            # Admitting it would only produce a timeout later: refuse now, while the client can go elsewhere.
+            raise Overloaded(
+                f"queue would take {expected_wait_s:.1f}s to reach this request (limit {self.request_timeout_s}s); "
+                "retry later", retry_after_s=self.retry_after_s(size * unit))
         loop = asyncio.get_running_loop()
         now = time.monotonic()
         futures = []
-        for start in range(0, size, self.max_batch_size):
-            part = {k: v[start:start + self.max_batch_size] for k, v in inputs.items()}
+        step = max(1, self.max_batch_size // unit)
+        for start in range(0, size, step):
+            part = {k: v[start:start + step] for k, v in inputs.items()}
             n = len(next(iter(part.values())))
-            chunk = _Chunk(part, n, loop.create_future(), now, now + self.request_timeout_s)
+            chunk = _Chunk(part, n, n * unit, loop.create_future(), now, now + self.request_timeout_s)
             self._queue.append(chunk)
             futures.append(chunk.future)
         self.queued_items += size
+        self.queued_weight += size * unit
         self._report_depth()
         self._wakeup.set()
         if len(futures) == 1:
@@ -112,11 +130,15 @@ class DynamicBatcher:
         results = await asyncio.gather(*futures)
         return {k: np.concatenate([r[k] for r in results]) for k in results[0]}
 
-    def retry_after_s(self, extra_items: int = 0) -> int:
+    def expected_wait_s(self, extra_weight: int = 0) -> float:
+        """Seconds until the queue (plus extra_weight) would drain at the measured service rate."""
+        if self._weight_per_s <= 0:
+            return 0.0
+        return (self.queued_weight + self._in_flight + extra_weight) / self._weight_per_s
+
+    def retry_after_s(self, extra_weight: int = 0) -> int:
         """Seconds until the queue would have drained at the measured rate (1..60)."""
-        if self._items_per_s <= 0:
-            return 1
-        return int(min(60, max(1, math.ceil((self.queued_items + extra_items) / self._items_per_s))))
+        return int(min(60, max(1, math.ceil(self.expected_wait_s(extra_weight)))))
 
     async def drain_and_stop(self, timeout_s: float) -> bool:
         """Refuse new work, finish what was accepted, stop. True if everything finished in time."""
@@ -153,7 +175,7 @@ class DynamicBatcher:
             await asyncio.sleep(0)  # let requests that arrived in the same loop turn join
             return
         flush_at = self._queue[0].enqueued_at + self.batch_wait_timeout_s
-        while self.queued_items < self.max_batch_size:
+        while self.queued_weight < self.max_batch_size:
             remaining = flush_at - time.monotonic()
             if remaining <= 0:
                 return
@@ -172,11 +194,12 @@ class DynamicBatcher:
         taken: list[_Chunk] = []
         total = 0
         now = time.monotonic()
-        while self._queue and total + self._queue[0].size <= self.max_batch_size:
+        while self._queue and (not taken or total + self._queue[0].weight <= self.max_batch_size):
             if taken and _item_shapes(self._queue[0]) != _item_shapes(taken[0]):
                 break
             chunk = self._queue.popleft()
             self.queued_items -= chunk.size
+            self.queued_weight -= chunk.weight
             if chunk.future.done():  # the caller went away: do not compute it
                 continue
             if now > chunk.deadline:
@@ -184,7 +207,7 @@ class DynamicBatcher:
                     f"request waited {now - chunk.enqueued_at:.1f}s in the queue (limit {self.request_timeout_s}s)"))
                 continue
             taken.append(chunk)
-            total += chunk.size
+            total += chunk.weight
         self._report_depth()
         return taken
 
@@ -194,7 +217,7 @@ class DynamicBatcher:
         inputs = chunks[0].inputs if len(chunks) == 1 else {
             k: np.concatenate([c.inputs[k] for c in chunks]) for k in chunks[0].inputs}
         total = sum(c.size for c in chunks)
-        self._in_flight = total
+        self._in_flight = sum(c.weight for c in chunks)
         try:
             loop = asyncio.get_running_loop()
             outputs = await loop.run_in_executor(self.executor, self.handler, inputs)
@@ -209,8 +232,8 @@ class DynamicBatcher:
         finally:
             self._in_flight = 0
         elapsed = time.monotonic() - start
-        rate = total / max(elapsed, 1e-6)
-        self._items_per_s = rate if self._items_per_s == 0 else 0.8 * self._items_per_s + 0.2 * rate
+        rate = sum(c.weight for c in chunks) / max(elapsed, 1e-6)
+        self._weight_per_s = rate if self._weight_per_s == 0 else 0.8 * self._weight_per_s + 0.2 * rate
         offset = 0
         for chunk in chunks:
             if not chunk.future.done():

@@ -25,6 +25,7 @@ from service.batcher import BatchStats, DynamicBatcher
 from service.errors import InvalidInput, ModelNotReady
 from service.inputs import InputSpec
 from service.metrics import Metrics
+from service.schemas import DEFAULT_MC_SAMPLES
 from service.runtime import ModelRuntime, load_runtime
 from service.settings import Settings
 
@@ -94,6 +95,11 @@ class ModelHandle:
         """Share of calibration scores below each score, in percent."""
         grid = np.asarray(self.calibration["variants"][variant]["quantiles"])
         return np.interp(scores, grid, np.asarray(self.calibration["quantile_levels"]) * 100.0)
+
+
+def _scorer_item_weight(feeds: dict[str, np.ndarray]) -> int:
+    """A scorer item with K noise draws costs K/16 items of the default K=16 (at least 1)."""
+    return max(1, -(-feeds["eps"].shape[1] // DEFAULT_MC_SAMPLES))
 
 
 def _batch_observer(metrics: Metrics, graph: str) -> Any:
@@ -169,6 +175,7 @@ class Pipeline:
                 lambda feeds, g=graph: runtime.run(g, feeds),
                 max_batch_size=s.max_batch_size, batch_wait_timeout_s=s.batch_wait_timeout_s,
                 max_queue_items=s.max_queue_items, request_timeout_s=s.request_timeout_s, executor=self.executor,
+                item_weight=_scorer_item_weight if graph == "scorer" else None,
                 on_batch=_batch_observer(self.metrics, graph), on_queue_depth=self.metrics.queue_depth.labels(graph=graph).set,
             )
             for graph in runtime.graphs

@@ -12,6 +12,7 @@ Item = Union[list[float], list[list[float]], list[list[list[float]]], str]
 ITEM_DOC = ("An item: a flat list of the model's input size, a nested list in its shape "
             "(e.g. 28×28), or (image models) a base64 PNG string.")
 MAX_SEED = 2**63 - 1
+DEFAULT_MC_SAMPLES = 16  # also what export calibrates with (manifest calibration.mc_samples)
 
 
 class Options(BaseModel):
@@ -56,7 +57,7 @@ class InterpolateRequest(InterpolateOptions):
 
 
 class AnomalyScoreOptions(Options):
-    mc_samples: int = Field(16, ge=1, description="Monte Carlo samples K (at most the server's max_mc_samples)")
+    mc_samples: int = Field(DEFAULT_MC_SAMPLES, ge=1, description="Monte Carlo samples K (at most the server's max_mc_samples)")
     seed: int = Field(0, ge=0, le=MAX_SEED, description="seed of the Monte Carlo noise: same request, same scores")
     score: Literal["elbo", "iwae"] = Field("elbo", description="elbo: -ELBO; iwae: importance-weighted -log p(x)")
     explain: bool = Field(False, description="also return per-feature reconstruction NLL")

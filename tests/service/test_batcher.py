@@ -196,3 +196,34 @@ def test_constructor_rejects_bad_knobs_with_their_name(kwargs: dict[str, float],
     args = {"max_batch_size": 4, "batch_wait_timeout_s": 0.0, "max_queue_items": 10, **kwargs}
     with pytest.raises(ValueError, match=field):
         DynamicBatcher(lambda b: b, **args)  # type: ignore[arg-type]
+
+
+def test_heavy_items_make_small_batches_by_weight() -> None:
+    async def scenario() -> None:
+        calls: list[int] = []
+        batcher = DynamicBatcher(doubling(calls), max_batch_size=8, batch_wait_timeout_s=0, max_queue_items=100,
+                                 item_weight=lambda b: 4)  # every item weighs 4 units
+        batcher.start()
+        out = await batcher.submit({"x": np.arange(5, dtype=np.float64)})
+        np.testing.assert_array_equal(out["y"], np.arange(5) * 2)
+        assert calls == [2, 2, 1], "8 units per batch: two items of weight 4"
+        await batcher.drain_and_stop(1)
+    run(scenario())
+
+
+def test_a_request_that_would_only_time_out_is_refused_at_admission() -> None:
+    async def scenario() -> None:
+        def slow(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+            time.sleep(0.05)
+            return {"y": batch["x"]}
+        batcher = DynamicBatcher(slow, max_batch_size=1, batch_wait_timeout_s=0, max_queue_items=1000,
+                                 request_timeout_s=0.4)
+        batcher.start()
+        await batcher.submit({"x": np.ones(1)})  # measures the rate: ~20 items/s
+        tasks = [asyncio.create_task(batcher.submit({"x": np.ones(1)})) for _ in range(3)]
+        await asyncio.sleep(0)
+        with pytest.raises(Overloaded, match="would take"):
+            await batcher.submit({"x": np.ones(10)})  # ~0.65 s of queue > half the 0.4 s timeout
+        await asyncio.gather(*tasks)
+        await batcher.drain_and_stop(1)
+    run(scenario())
