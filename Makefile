@@ -11,7 +11,7 @@ FASHION_MNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 # Debian packages the tests use as real peers (load balancer, Prometheus, load generator, browser).
 TEST_DEBS := dataset-fashion-mnist nginx prometheus wrk chromium
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-TRAIN_ARGS ?= --epochs 30
+TRAIN_ARGS ?= --epochs 60 --latent-dim 32 --kl-warmup-steps 5000
 
 .PHONY: run test venv dataset model export serve lint bench clean
 

@@ -12,6 +12,11 @@ ALWAYS_OPEN = frozenset({"/healthz", "/readyz", "/v2/health/live", "/v2/health/r
 ADMIN_PREFIX = "/admin/"
 
 
+def _is_page(path: str) -> bool:
+    """The web page and its static assets hold no data; the API calls they make still need a key."""
+    return path == "/" or path.startswith("/static/")
+
+
 def key_matches(presented: bytes, keys: list[bytes]) -> bool:
     """Compare with every key, constant time each, so timing reveals neither key nor position."""
     matched = False
@@ -36,7 +41,7 @@ class ApiKeyMiddleware:
         path = scope["path"]
         if path.startswith(ADMIN_PREFIX):
             problem = self._check(scope, self.admin_keys, "admin routes are disabled: set VAESERVE_ADMIN_API_KEYS")
-        elif self.keys and path not in self.open_paths:
+        elif self.keys and path not in self.open_paths and not _is_page(path):
             problem = self._check(scope, self.keys, "")
         else:
             problem = None
