@@ -35,6 +35,7 @@ class GracefulServer(uvicorn.Server):
         self.signalled_at: float | None = None
         self._signal = signal.SIGTERM
         self._announced = False
+        self._in_flight = 0
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         # Runs in a signal handler: only plain attribute writes here; logging and metrics wait for on_tick.
@@ -42,6 +43,8 @@ class GracefulServer(uvicorn.Server):
             self.signalled_at = time.monotonic()
             self._signal = signal.Signals(sig)
             self.app.state.pipeline.accepting = False
+            handle = self.app.state.pipeline.handle
+            self._in_flight = handle.active_requests if handle is not None else 0
             if self.grace_s > 0:
                 return
         super().handle_exit(sig, frame)
@@ -50,9 +53,8 @@ class GracefulServer(uvicorn.Server):
         if self.signalled_at is not None and not self._announced:
             self._announced = True
             self.app.state.metrics.ready.set(0)
-            handle = self.app.state.pipeline.handle
             log.info("%s: readiness 503, refusing new requests, %d in flight; closing the port in %.1fs",
-                     self._signal.name, handle.active_requests if handle else 0, self.grace_s)
+                     self._signal.name, self._in_flight, self.grace_s)
         if self.signalled_at is not None and not self.should_exit and time.monotonic() - self.signalled_at >= self.grace_s:
             super().handle_exit(self._signal, None)
         return await super().on_tick(counter)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 import urllib.error
 import urllib.request
+from typing import Any
 
 from service.settings import Settings
 
@@ -19,8 +20,8 @@ def readyz_url(settings: Settings) -> str:
     return f"http://{host}:{settings.port}/readyz"
 
 
-def main(timeout_s: float = 2.0) -> int:
-    url = readyz_url(Settings())
+def main(overrides: dict[str, Any] | None = None, *, timeout_s: float = 2.0) -> int:
+    url = readyz_url(Settings(**(overrides or {})))
     try:
         with urllib.request.urlopen(url, timeout=timeout_s) as response:
             status = response.status

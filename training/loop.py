@@ -2,7 +2,9 @@
 
 Data-parallel when started by torchrun (DistributedDataParallel, gloo on CPU, nccl on GPU). Every
 rank draws the same permutation, binarization and noise for the *global* batch and keeps its own
-slice, so N processes compute the same update as one process up to floating-point noise.
+slice, so N processes compute the same update as one process up to floating-point noise. Each rank's
+loss is its *share* of the global batch mean (sums divided by the global batch size), so uneven or
+empty slices weigh every example as one process would.
 """
 
 from __future__ import annotations
@@ -12,9 +14,10 @@ import json
 import logging
 import os
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -22,7 +25,6 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from model.config import VAEConfig
-from model.losses import free_bits_kl
 from model.vae import VAE
 from training.checkpoint import save_checkpoint
 from training.config import TrainConfig
@@ -46,6 +48,7 @@ def resolve_device(device: str) -> torch.device:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cuda" and dist.is_initialized():
         device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
+        torch.cuda.set_device(device)  # NCCL collectives (barrier) use the current device
     return torch.device(device)
 
 
@@ -72,6 +75,8 @@ def train(
     on_epoch(record, model) is called after each epoch; returning True stops training (benchmarks).
     """
     rank, world = init_distributed()
+    if world > 1 and rank == 0:
+        log.info("data-parallel training: %d processes (%s backend)", world, dist.get_backend())
     cfg = train_config
     torch.manual_seed(cfg.seed)
     device = resolve_device(cfg.device)
@@ -106,11 +111,11 @@ def train(
                 x = torch.bernoulli(x.cpu(), generator=gen).to(device)
             eps = torch.randn(len(idx), 1, model_config.latent_dim, generator=gen).to(device)
             x, eps = x[rank::world], eps[rank::world]  # this rank's slice
-            loss, recon, kl = _loss(ddp, x, eps, cfg, step)
+            loss, recon, kl = _loss(ddp, x, eps, cfg, step, global_batch=len(idx), world=world)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            (loss * world).backward()  # DDP averages gradients over ranks; the shares sum to the batch mean
             optimizer.step()
-            sums += torch.tensor([loss.item(), recon.item(), kl.item()], dtype=torch.float64) * len(x)
+            sums += torch.tensor([loss.item(), recon.item(), kl.item()], dtype=torch.float64) * len(idx)
             seen += len(x)
             step += 1
             if cfg.max_steps and step >= cfg.max_steps:
@@ -137,18 +142,29 @@ def train(
     return TrainResult(model=model.eval(), history=history, best_path=best_path, last_path=last_path)
 
 
-def _loss(model: torch.nn.Module, x: torch.Tensor, eps: torch.Tensor, cfg: TrainConfig, step: int
-          ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(loss, reconstruction NLL, KL), each a batch mean; the loss uses free bits and the KL weight."""
+def _loss(model: torch.nn.Module, x: torch.Tensor, eps: torch.Tensor, cfg: TrainConfig, step: int, *,
+          global_batch: int, world: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """This rank's shares of (loss, reconstruction NLL, KL) of the global batch; summed over ranks they
+    are the batch means. The loss uses free bits and the KL weight."""
     autocast = (torch.autocast(device_type=x.device.type, dtype=torch.bfloat16)
                 if cfg.precision == "bf16" else contextlib.nullcontext())
     with autocast:
         terms = model(x, eps)  # through DDP's forward when distributed, so gradients are all-reduced
-    recon = -terms.log_px_features.float().sum(-1).mean()
-    kl_dims = terms.kl_dims.float()
-    kl = kl_dims.sum(-1).mean()
-    loss = recon + cfg.kl_weight(step) * free_bits_kl(kl_dims, cfg.free_bits)
-    return loss, recon.detach(), kl.detach()
+    recon = -terms.log_px_features.float().sum() / global_batch
+    kl_dims = terms.kl_dims.float().sum(0) / global_batch  # (D,) this rank's share of the batch-mean KL
+    loss = recon + cfg.kl_weight(step) * _free_bits_share(kl_dims, cfg.free_bits, world)
+    return loss, recon.detach(), kl_dims.sum().detach()
+
+
+def _free_bits_share(kl_dims: torch.Tensor, free_bits: float, world: int) -> torch.Tensor:
+    """free_bits_kl (model/losses.py) for sharded batches: the floor is decided on the *global* batch-mean
+    KL per dimension, so every rank keeps the same dimensions; a floored one adds the constant floor / world."""
+    if free_bits <= 0:
+        return kl_dims.sum()
+    batch_kl = kl_dims.detach().clone()  # (D,)
+    if world > 1:
+        dist.all_reduce(batch_kl)
+    return torch.where(batch_kl < free_bits, free_bits / world, kl_dims).sum()
 
 
 def _standardized(data: Dataset, x: np.ndarray) -> np.ndarray:
