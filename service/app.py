@@ -176,8 +176,8 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.pipeline = Pipeline(settings, metrics)
     app.state.load_error = None
     install_error_handlers(app)
+    app.include_router(api.router)  # first: the hot routes are matched first
     app.include_router(ops.router)
-    app.include_router(api.router)
     app.include_router(web.router)
     app.include_router(v2.router)
     app.include_router(admin.router)

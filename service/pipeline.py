@@ -14,7 +14,7 @@ import time
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +41,14 @@ class ModelHandle:
     spec: InputSpec
     calibration: dict[str, Any]
     active_requests: int = 0
+    # Calibration grids as arrays, converted once (percentiles are computed on every request).
+    _grids: dict[str, np.ndarray] = field(default_factory=dict)
+    _levels: np.ndarray = field(default_factory=lambda: np.zeros(0))
+
+    def __post_init__(self) -> None:
+        self._levels = np.asarray(self.calibration.get("quantile_levels", []), dtype=np.float64)
+        self._grids = {name: np.asarray(v["quantiles"], dtype=np.float64)
+                       for name, v in self.calibration.get("variants", {}).items()}
 
     @property
     def ref(self) -> dict[str, str]:
@@ -89,12 +97,11 @@ class ModelHandle:
         if rate is None:
             return float(variant_cal["threshold"]), float(self.calibration["default_threshold_quantile"])
         quantile = 1.0 - rate
-        return float(np.interp(quantile, self.calibration["quantile_levels"], variant_cal["quantiles"])), quantile
+        return float(np.interp(quantile, self._levels, self._grids[variant])), quantile
 
     def percentiles(self, variant: str, scores: np.ndarray) -> np.ndarray:
         """Share of calibration scores below each score, in percent."""
-        grid = np.asarray(self.calibration["variants"][variant]["quantiles"])
-        return np.interp(scores, grid, np.asarray(self.calibration["quantile_levels"]) * 100.0)
+        return np.interp(scores, self._grids[variant], self._levels) * 100.0
 
 
 def _scorer_item_weight(feeds: dict[str, np.ndarray]) -> int:
