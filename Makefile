@@ -8,8 +8,9 @@ VAESERVE := $(VENV)/bin/vaeserve
 RUN_DIR ?= runs/default
 ARTIFACTS ?= artifacts
 FASHION_MNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
-# Debian packages the tests use as real peers (load balancer, Prometheus, load generator, browser).
-TEST_DEBS := dataset-fashion-mnist nginx prometheus wrk chromium
+# Debian packages the tests use as real peers (load balancer, Prometheus, load generator, browser,
+# envsubst for the nginx template).
+TEST_DEBS := dataset-fashion-mnist nginx prometheus wrk chromium gettext-base
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 TRAIN_ARGS ?= --epochs 60 --latent-dim 32 --kl-warmup-steps 5000
 

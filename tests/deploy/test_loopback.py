@@ -79,6 +79,8 @@ def test_the_load_balancer_keeps_metrics_and_admin_routes_per_replica(cluster: C
     assert httpx.get(f"{cluster.nginx.url}/metrics").status_code == 404
     assert httpx.post(f"{cluster.nginx.url}/admin/reload").status_code == 403
     assert httpx.get(f"{cluster.nginx.url}/readyz").status_code == 200
+    sample = httpx.post(f"{cluster.nginx.url}/sample", json={"n": 2, "seed": 0})  # deploy/README.md's example
+    assert sample.status_code == 200 and len(sample.json()["samples"]) == 2
 
 
 def wait_for_targets(prometheus: Prometheus, count: int, timeout_s: float = 30) -> list[dict[str, object]]:
