@@ -43,7 +43,7 @@ COPY --from=wheel /wheels /tmp/wheels
 RUN pip install --no-deps /tmp/wheels/vaeserve-*.whl && rm -rf /tmp/wheels
 COPY --chmod=755 deploy/train-if-missing.sh /usr/local/bin/train-if-missing
 RUN mkdir -p /artifacts /runs && chown vaeserve:vaeserve /artifacts /runs
-ENV MPLCONFIGDIR=/tmp/matplotlib VAESERVE_ARTIFACTS_DIR=/artifacts RUN_DIR=/runs/default
+ENV HOME=/tmp MPLCONFIGDIR=/tmp/matplotlib VAESERVE_ARTIFACTS_DIR=/artifacts RUN_DIR=/runs/default
 WORKDIR /runs
 USER 10001
 VOLUME ["/artifacts", "/runs"]
@@ -78,7 +78,6 @@ RUN pip install --no-cache-dir --no-deps /tmp/wheels/vaeserve-*.whl && rm -rf /t
 # Every VAESERVE_* setting can be overridden at run time (deploy/README.md has the table).
 ENV VAESERVE_HOST=0.0.0.0 VAESERVE_PORT=8000 VAESERVE_ARTIFACTS_DIR=/artifacts
 USER 10001
-WORKDIR /tmp
 EXPOSE 8000
 VOLUME ["/artifacts"]
 HEALTHCHECK --interval=10s --timeout=3s --start-period=60s --retries=3 CMD ["python", "-m", "service.healthcheck"]

@@ -55,7 +55,8 @@ class GracefulServer(uvicorn.Server):
             self.app.state.metrics.ready.set(0)
             log.info("%s: readiness 503, refusing new requests, %d in flight; closing the port in %.1fs",
                      self._signal.name, self._in_flight, self.grace_s)
-        if self.signalled_at is not None and not self.should_exit and time.monotonic() - self.signalled_at >= self.grace_s:
+        grace_over = self.signalled_at is not None and time.monotonic() - self.signalled_at >= self.grace_s
+        if grace_over and not self.should_exit:
             super().handle_exit(self._signal, None)
         return await super().on_tick(counter)
 
@@ -68,6 +69,9 @@ class GracefulServer(uvicorn.Server):
 def serve(overrides: dict[str, Any] | None = None) -> int:
     settings = Settings(**(overrides or {}))
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if settings.shutdown_drain_timeout_s < settings.request_timeout_s:
+        log.warning("shutdown_drain_timeout_s (%.1fs) < request_timeout_s (%.1fs): a shutdown may cut off requests "
+                    "it accepted (they get 500)", settings.shutdown_drain_timeout_s, settings.request_timeout_s)
     app = create_app(settings)
     config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level=settings.log_level,
                             access_log=False, workers=1,

@@ -97,7 +97,8 @@ def start_nginx(tmp: Path, upstream_ports: list[int]) -> Nginx:
                     {"LB_LISTEN": f"127.0.0.1:{port}", "LB_UPSTREAM_SERVERS": servers,
                      "LB_ACCESS_LOG": str(tmp / "access.log")})
     # What the nginx image's own nginx.conf provides around conf.d/, with paths a normal user may write.
-    temp_paths = "\n".join(f"    {kind}_temp_path {tmp}/{kind};" for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
+    kinds = ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
+    temp_paths = "\n".join(f"    {kind}_temp_path {tmp}/{kind};" for kind in kinds)
     # As root (some CI containers) the workers would switch to `nobody`, who cannot write tmp: keep the user.
     user = f"user {getpass.getuser()};\n" if os.geteuid() == 0 else ""
     (tmp / "nginx.conf").write_text(
@@ -115,7 +116,7 @@ def prometheus_config_for(targets: list[str]) -> dict[str, object]:
     """deploy/prometheus/prometheus.yml with the vaeserve job's DNS discovery replaced by `targets`."""
     config = yaml.safe_load(PROMETHEUS_CONFIG.read_text())
     jobs = [job for job in config["scrape_configs"] if job["job_name"] == "vaeserve"]
-    assert len(jobs) == 1 and "dns_sd_configs" in jobs[0], "deploy/prometheus/prometheus.yml: expected one vaeserve job with dns_sd_configs"
+    assert len(jobs) == 1 and "dns_sd_configs" in jobs[0], f"{PROMETHEUS_CONFIG}: one vaeserve job with dns_sd_configs"
     del jobs[0]["dns_sd_configs"]
     jobs[0]["static_configs"] = [{"targets": targets}]
     return config

@@ -42,7 +42,8 @@ def dev_tool(name: str) -> str:
 def pyproject_extra(name: str) -> list[Requirement]:
     import tomllib
 
-    return [Requirement(r) for r in tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"][name]]
+    extras = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    return [Requirement(r) for r in extras[name]]
 
 
 def pins(path: Path) -> dict[str, str]:
@@ -92,7 +93,8 @@ def test_images_are_what_operators_expect() -> None:
     stages = dockerfile_stages()
     assert {"train", "serve", "runtime-cpu", "runtime-gpu"} <= set(stages)
     torch_pin = next(str(r.specifier) for r in pyproject_extra("train") if r.name == "torch")
-    assert f"ARG TORCH_VERSION={torch_pin.removeprefix('==')}" in stages["train"] and '"torch==${TORCH_VERSION}"' in stages["train"]
+    assert f"ARG TORCH_VERSION={torch_pin.removeprefix('==')}" in stages["train"]
+    assert '"torch==${TORCH_VERSION}"' in stages["train"]
     assert "--index-url" in stages["train"] and "whl/cpu" in stages["train"]
     serve = stages["serve"]
     assert re.search(r"^USER 10001$", serve, re.MULTILINE), "serve must run as a non-root user"
@@ -236,7 +238,8 @@ def test_nginx_template_renders_for_compose(tmp_path: Path) -> None:
     env = compose()["services"]["lb"]["environment"]
     rendered = render_template(NGINX_TEMPLATE, tmp_path / "default.conf",
                                {k: v for k, v in env.items() if k.startswith("LB_")}).read_text()
-    assert not re.search(r"\$\{LB_\w+\}", rendered) and "server api:8000;" in rendered and "listen 80 default_server;" in rendered
+    assert not re.search(r"\$\{LB_\w+\}", rendered)
+    assert "server api:8000;" in rendered and "listen 80 default_server;" in rendered
     assert "$upstream_addr" in rendered and "$host" in rendered  # nginx's own variables survive envsubst
     assert "proxy_next_upstream error timeout http_503 non_idempotent;" in rendered
 
@@ -285,8 +288,9 @@ def test_dashboard_is_a_valid_provisioned_dashboard() -> None:
 
 def test_dashboard_covers_what_operators_watch() -> None:
     metrics = queried_metrics()
-    for needed in ("vaeserve_requests_total", "vaeserve_request_latency_seconds_bucket", "vaeserve_queue_wait_seconds_bucket",
-                   "vaeserve_batch_size_items_bucket", "vaeserve_rejections_total", "vaeserve_anomaly_score_nats_bucket"):
+    for needed in ("vaeserve_requests_total", "vaeserve_request_latency_seconds_bucket",
+                   "vaeserve_queue_wait_seconds_bucket", "vaeserve_batch_size_items_bucket",
+                   "vaeserve_rejections_total", "vaeserve_anomaly_score_nats_bucket"):
         assert needed in metrics, f"the dashboard has no panel on {needed}"
     exprs = " ".join(t["expr"] for p in dashboard()["panels"] for t in p["targets"])
     assert "histogram_quantile(0.5," in exprs and "histogram_quantile(0.99," in exprs
@@ -340,10 +344,13 @@ def test_kubernetes_deployments_probe_drain_and_bound_resources() -> None:
         assert {"cpu", "memory"} <= set(container["resources"]["requests"]) & set(container["resources"]["limits"])
         env = {e["name"]: e["value"] for e in container["env"]}
         assert {k.removeprefix("VAESERVE_").lower() for k in env} <= set(Settings.model_fields), env
-        grace = float(env.get("VAESERVE_SHUTDOWN_GRACE_S", Settings.model_fields["shutdown_grace_s"].default))
-        drain = float(env.get("VAESERVE_SHUTDOWN_DRAIN_TIMEOUT_S", Settings.model_fields["shutdown_drain_timeout_s"].default))
+        defaults = Settings.model_fields
+        grace = float(env.get("VAESERVE_SHUTDOWN_GRACE_S", defaults["shutdown_grace_s"].default))
+        drain = float(env.get("VAESERVE_SHUTDOWN_DRAIN_TIMEOUT_S", defaults["shutdown_drain_timeout_s"].default))
         pre_stop = float(container["lifecycle"]["preStop"]["exec"]["command"][-1])
         assert pod["spec"]["terminationGracePeriodSeconds"] >= pre_stop + grace + drain, name
+        request_timeout = float(env.get("VAESERVE_REQUEST_TIMEOUT_S", defaults["request_timeout_s"].default))
+        assert drain > request_timeout, f"{name}: a shutdown would cut off accepted requests"
         assert all(pod["metadata"]["labels"][k] == v for k, v in service["spec"]["selector"].items()), name
         assert pod["spec"]["securityContext"]["runAsNonRoot"] is True
         assert pod["spec"]["volumes"][0]["persistentVolumeClaim"]["claimName"] == "vaeserve-artifacts"
@@ -354,7 +361,8 @@ def test_kubernetes_deployments_probe_drain_and_bound_resources() -> None:
     (job,) = by_kind("Job")
     job_pod = job["spec"]["template"]["spec"]
     assert job_pod["containers"][0]["command"] == ["train-if-missing"]
-    assert {v["persistentVolumeClaim"]["claimName"] for v in job_pod["volumes"] if "persistentVolumeClaim" in v} == {"vaeserve-artifacts"}
+    claims = {v["persistentVolumeClaim"]["claimName"] for v in job_pod["volumes"] if "persistentVolumeClaim" in v}
+    assert claims == {"vaeserve-artifacts"}
 
 
 # ---- deploy/README.md
