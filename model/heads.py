@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from model.losses import iwae_bound
+from model.losses import iwae_bound, mahalanobis_sq
 from model.vae import VAE
 
 
@@ -51,6 +51,20 @@ class DecoderGraph(nn.Module):
         return self.standardize.inverse(self.vae.decoder.mean(self.vae.decoder(z)))
 
 
+class LatentReference(nn.Module):
+    """Normal data in latent space: mean and precision of E_q[z|x], and the spread of the -ELBO
+    and latent scores on held-out normal data (to put both on one scale). Identity when unknown."""
+
+    def __init__(self, latent_dim: int, stats: dict[str, torch.Tensor] | None = None) -> None:
+        super().__init__()
+        stats = stats or {}
+        self.register_buffer("mean", stats.get("mean", torch.zeros(latent_dim)).double())
+        self.register_buffer("precision", stats.get("precision", torch.eye(latent_dim)).double())
+        # (location, scale) of the elbo and latent scores on held-out normal data.
+        self.register_buffer("elbo_scale", stats.get("elbo_scale", torch.tensor([0.0, 1.0])).double())
+        self.register_buffer("latent_scale", stats.get("latent_scale", torch.tensor([0.0, 1.0])).double())
+
+
 class ScoreGraph(nn.Module):
     """x (B, F) raw, eps (B, K, D) ~ N(0, I) -> the anomaly-score parts, all in nats (float64).
 
@@ -58,38 +72,47 @@ class ScoreGraph(nn.Module):
     kl                 = KL(q(z|x) || p(z)), closed form    (B,)
     elbo_score         = reconstruction_nll + kl = -ELBO    (B,)
     iwae_score         = -log (1/K) sum_k w_k >= -log p(x)  (B,)   (Burda et al. 2015)
+    latent_score       = Mahalanobis^2 of mu(x) from normal data's latent means (B,)
+    elbo_latent_score  = standardized elbo_score + standardized latent_score (B,)
     feature_nll        = -(1/K) sum_k log p(x_f|z_k)        (B, F) sums to reconstruction_nll
     """
 
-    def __init__(self, vae: VAE, standardize: Standardize) -> None:
+    def __init__(self, vae: VAE, standardize: Standardize, reference: LatentReference) -> None:
         super().__init__()
-        self.vae, self.standardize = vae, standardize
+        self.vae, self.standardize, self.reference = vae, standardize, reference
 
-    def forward(
-        self, x: torch.Tensor, eps: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    def forward(self, x: torch.Tensor, eps: torch.Tensor) -> tuple[torch.Tensor, ...]:
         terms = self.vae.monte_carlo_terms(self.standardize(x), eps, reduce_dtype=torch.float64)
         feature_nll = -terms.log_px_features.mean(1)  # (B, F)
         reconstruction_nll = feature_nll.sum(-1)  # (B,)
         kl = terms.kl_dims.sum(-1)  # (B,)
+        elbo_score = reconstruction_nll + kl
         iwae_score = -iwae_bound(terms.log_weights)  # (B,)
-        return reconstruction_nll, kl, reconstruction_nll + kl, iwae_score, feature_nll
+        ref = self.reference
+        latent_score = mahalanobis_sq(terms.mu, ref.mean, ref.precision)  # (B,)
+        elbo_latent_score = ((elbo_score - ref.elbo_scale[0]) / ref.elbo_scale[1]
+                             + (latent_score - ref.latent_scale[0]) / ref.latent_scale[1])
+        return reconstruction_nll, kl, elbo_score, iwae_score, latent_score, elbo_latent_score, feature_nll
 
 
 GRAPH_IO: dict[str, tuple[list[str], list[str]]] = {
     "encoder": (["x"], ["mu", "log_var"]),
     "decoder": (["z"], ["x_mean"]),
-    "scorer": (["x", "eps"], ["reconstruction_nll", "kl", "elbo_score", "iwae_score", "feature_nll"]),
+    "scorer": (["x", "eps"], ["reconstruction_nll", "kl", "elbo_score", "iwae_score", "latent_score",
+                              "elbo_latent_score", "feature_nll"]),
 }
+SCORE_VARIANTS = ("elbo", "iwae", "latent", "elbo_latent")
 
 
-def build_graphs(vae: VAE, mean: torch.Tensor | None, std: torch.Tensor | None) -> dict[str, nn.Module]:
+def build_graphs(vae: VAE, mean: torch.Tensor | None, std: torch.Tensor | None,
+                 latent_reference: dict[str, torch.Tensor] | None = None) -> dict[str, nn.Module]:
     """The three exportable graphs sharing one set of weights, in eval mode."""
     standardize = Standardize(mean, std, vae.config.input_dim)
+    reference = LatentReference(vae.config.latent_dim, latent_reference)
     graphs: dict[str, nn.Module] = {
         "encoder": EncoderGraph(vae, standardize),
         "decoder": DecoderGraph(vae, standardize),
-        "scorer": ScoreGraph(vae, standardize),
+        "scorer": ScoreGraph(vae, standardize, reference),
     }
     for graph in graphs.values():
         graph.eval()

@@ -66,3 +66,14 @@ def iwae_bound(log_weights: torch.Tensor) -> torch.Tensor:
     # log K from the tensor itself, not a Python int, so exported graphs keep K dynamic.
     log_k = torch.log(torch.ones_like(log_weights).sum(-1))
     return torch.logsumexp(log_weights, dim=-1) - log_k
+
+
+def mahalanobis_sq(mu: torch.Tensor, mean: torch.Tensor, precision: torch.Tensor) -> torch.Tensor:
+    """(mu - mean)^T P (mu - mean) per row: distance of posterior means from normal data's (B,).
+
+    With mean and precision P = Cov^-1 of E_q[z|x] over normal training data, this is the
+    Mahalanobis OOD score (Lee et al. 2018, "A Simple Unified Framework for Detecting
+    Out-of-Distribution Samples") taken in the VAE's latent space.
+    """
+    centred = mu - mean  # (B, D)
+    return ((centred @ precision) * centred).sum(-1)

@@ -22,7 +22,7 @@ from service.deps import (
     wants_npy,
 )
 from service.errors import InvalidInput, NotAcceptable, PayloadTooLarge
-from service.inputs import format_items, parse_items, parse_latents
+from service.inputs import format_items, heatmap_png, parse_items, parse_latents
 from service.pipeline import ModelHandle
 
 router = APIRouter()
@@ -140,6 +140,8 @@ async def anomaly_score(request: Request, pipeline: PipelineDep, settings: Setti
     async with pipeline.use() as handle:
         x, _ = _inputs(data, handle, settings)
         options = validate_options(schemas.AnomalyScoreOptions, data)
+        if options.heatmap and not handle.spec.is_image:
+            raise InvalidInput("heatmap: only image models have pixels to draw; use explain for feature NLLs")
         if options.mc_samples > settings.max_mc_samples:
             raise InvalidInput(f"mc_samples: {options.mc_samples} exceeds the limit of {settings.max_mc_samples}")
         threshold, quantile = handle.threshold(options.score, target_fpr=options.target_fpr,
@@ -155,6 +157,8 @@ async def anomaly_score(request: Request, pipeline: PipelineDep, settings: Setti
                   "percentile": float(percentiles[i]), "threshold": threshold, "is_anomaly": value > threshold}
         if options.explain:
             result["feature_nll"] = out["feature_nll"][i]
+        if options.heatmap:
+            result["heatmap_png"] = heatmap_png(out["feature_nll"][i], spec=handle.spec)
         results.append(result)
     return answer(request, {"model": handle.ref, "score_variant": options.score, "mc_samples": options.mc_samples,
                             "seed": options.seed, "threshold_quantile": quantile, "results": results}, npy=scores)

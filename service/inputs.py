@@ -116,6 +116,13 @@ def encode_png(row: np.ndarray, *, spec: InputSpec) -> str:
     return base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
+def heatmap_png(feature_nll: np.ndarray, *, spec: InputSpec) -> str:
+    """Per-pixel NLL scaled to 0..1 by its own maximum, as a grayscale base64 PNG."""
+    values = np.clip(np.asarray(feature_nll, dtype=np.float64), 0, None)
+    top = values.max()
+    return encode_png((values / top) if top > 0 else values, spec=spec)
+
+
 def _parse_pngs(value: list[Any], *, field: str, spec: InputSpec) -> np.ndarray:
     if not spec.is_image:
         raise InvalidInput(f"{field}: this model takes numeric feature lists, not images")

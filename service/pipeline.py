@@ -25,8 +25,8 @@ from service.batcher import BatchStats, DynamicBatcher
 from service.errors import InvalidInput, ModelNotReady
 from service.inputs import InputSpec
 from service.metrics import Metrics
-from service.schemas import DEFAULT_MC_SAMPLES
 from service.runtime import ModelRuntime, load_runtime
+from service.schemas import DEFAULT_MC_SAMPLES
 from service.settings import Settings
 
 log = logging.getLogger("vaeserve.pipeline")

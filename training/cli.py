@@ -186,7 +186,8 @@ def _export(args: argparse.Namespace) -> int:
     evaluation = args.checkpoint.parent / "evaluation.json"
     metrics = json.loads(evaluation.read_text()) if evaluation.is_file() else {}
     version = args.version or datetime.now(timezone.utc).strftime("%Y%m%d%H%M%S")
-    manifest = export_model(model, payload, args.out, val_x=data.val_x, name=args.name, version=version, metrics=metrics)
+    manifest = export_model(model, payload, args.out, train_x=data.train_x, val_x=data.val_x, name=args.name,
+                            version=version, metrics=metrics)
     print(json.dumps({"artifacts": str(args.out), "model": manifest["model"], "parity": manifest["parity"]}, indent=2))
     return 0
 

@@ -13,10 +13,11 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
-from model.heads import GRAPH_IO, build_graphs
+from model.heads import GRAPH_IO, SCORE_VARIANTS, build_graphs
+from model.losses import mahalanobis_sq
 from model.manifest import write_manifest
 from model.vae import VAE
-from training.evaluate import latent_statistics
+from training.evaluate import latent_statistics, score_examples
 
 log = logging.getLogger("vaeserve.export")
 
@@ -97,17 +98,37 @@ def _as_tuple(out: Any) -> tuple[torch.Tensor, ...]:
     return tuple(out) if isinstance(out, (tuple, list)) else (out,)
 
 
+def latent_reference(model: VAE, train_x: np.ndarray, val_x: np.ndarray) -> dict[str, torch.Tensor]:
+    """Normal data's latent means (mean, ridge-regularized precision) and the location and scale of
+    the -ELBO and latent scores on held-out normal data, for the scorer's latent variants."""
+    with torch.no_grad():
+        mu = torch.cat([model.encoder(torch.from_numpy(train_x[i:i + 4096]))[0] for i in range(0, len(train_x), 4096)])
+        mu = mu.double()
+        mean = mu.mean(0)
+        cov = torch.cov(mu.T).reshape(len(mean), len(mean))
+        # Ridge: collapsed dimensions have ~0 variance, and would otherwise dominate the distance.
+        ridge = 1e-2 * torch.diagonal(cov).mean().clamp(min=1e-8)
+        precision = torch.linalg.inv(cov + ridge * torch.eye(len(mean), dtype=torch.float64))
+        val_mu = model.encoder(torch.from_numpy(val_x))[0].double()
+    latent = mahalanobis_sq(val_mu, mean, precision)
+    elbo = torch.from_numpy(score_examples(model, val_x, k=CALIBRATION_MC_SAMPLES, seed=1)["elbo_score"])
+    return {"mean": mean, "precision": precision,
+            "elbo_scale": torch.stack([elbo.mean(), elbo.std().clamp(min=1e-8)]),
+            "latent_scale": torch.stack([latent.mean(), latent.std().clamp(min=1e-8)])}
+
+
 def calibrate(directory: Path, x_normal: np.ndarray, *, latent_dim: int, seed: int = 0) -> dict[str, Any]:
     """Quantiles of each score variant on held-out normal data, computed by the exported scorer."""
     session = ort.InferenceSession(str(directory / "scorer.onnx"), providers=["CPUExecutionProvider"])
+    names = [o.name for o in session.get_outputs()]
     rng = np.random.default_rng(seed)
-    scores: dict[str, list[np.ndarray]] = {"elbo": [], "iwae": []}
+    scores: dict[str, list[np.ndarray]] = {variant: [] for variant in SCORE_VARIANTS}
     for start in range(0, len(x_normal), 256):
         xb = x_normal[start:start + 256].astype(np.float32)
         eps = rng.standard_normal((len(xb), CALIBRATION_MC_SAMPLES, latent_dim), dtype=np.float32)
-        _, _, elbo, iwae, _ = session.run(None, {"x": xb, "eps": eps})
-        scores["elbo"].append(elbo)
-        scores["iwae"].append(iwae)
+        outputs = dict(zip(names, session.run(None, {"x": xb, "eps": eps})))
+        for variant in SCORE_VARIANTS:
+            scores[variant].append(outputs[f"{variant}_score"])
     variants = {}
     for name, parts in scores.items():
         values = np.concatenate(parts)
@@ -124,15 +145,20 @@ def calibrate(directory: Path, x_normal: np.ndarray, *, latent_dim: int, seed: i
     }
 
 
-def export_model(model: VAE, payload: dict[str, Any], out_dir: Path, *, val_x: np.ndarray, name: str,
-                 version: str, metrics: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Write every graph in both formats, check parity, calibrate, and write manifest.json."""
+def export_model(model: VAE, payload: dict[str, Any], out_dir: Path, *, train_x: np.ndarray, val_x: np.ndarray,
+                 name: str, version: str, metrics: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Write every graph in both formats, check parity, calibrate, and write manifest.json.
+
+    train_x and val_x are raw features (the graphs standardize; the bare VAE sees standardized ones).
+    """
     out_dir.mkdir(parents=True, exist_ok=True)
     model = model.cpu().eval()
     stats = payload.get("standardization")
     mean = torch.tensor(stats["mean"], dtype=torch.float32) if stats else None
     std = torch.tensor(stats["std"], dtype=torch.float32) if stats else None
-    graphs = build_graphs(model, mean, std)
+    reference = latent_reference(model, _standardized(train_x.astype(np.float32), stats),
+                                 _standardized(val_x.astype(np.float32), stats))
+    graphs = build_graphs(model, mean, std, reference)
     config = model.config
     val_x = val_x.astype(np.float32)
     for graph_name, module in graphs.items():
@@ -174,9 +200,9 @@ def _input_spec(shape: tuple[int, ...], *, is_image: bool, standardization: dict
 def _graph_specs(n_features: int, latent_dim: int) -> dict[str, Any]:
     shapes = {"x": ["batch", n_features], "z": ["batch", latent_dim], "eps": ["batch", "k", latent_dim],
               "mu": ["batch", latent_dim], "log_var": ["batch", latent_dim], "x_mean": ["batch", n_features],
-              "reconstruction_nll": ["batch"], "kl": ["batch"], "elbo_score": ["batch"], "iwae_score": ["batch"],
-              "feature_nll": ["batch", n_features]}
-    float64 = {"reconstruction_nll", "kl", "elbo_score", "iwae_score", "feature_nll"}
+              "reconstruction_nll": ["batch"], "kl": ["batch"], "feature_nll": ["batch", n_features],
+              **{f"{v}_score": ["batch"] for v in SCORE_VARIANTS}}
+    float64 = {"reconstruction_nll", "kl", "feature_nll", *(f"{v}_score" for v in SCORE_VARIANTS)}
     return {
         name: {
             "onnx": f"{name}.onnx", "torchscript": f"{name}.pt",

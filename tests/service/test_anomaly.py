@@ -1,0 +1,78 @@
+"""Anomaly scoring that backends can trust: every variant calibrated on normal data, percentiles
+monotone, thresholds for a target false-positive rate hold on held-out normal data, explanations."""
+
+from __future__ import annotations
+
+import base64
+import io
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.helpers import ServerProcess
+
+VARIANTS = ["elbo", "iwae", "latent", "elbo_latent"]
+
+
+@pytest.fixture(scope="module")
+def held_out_normal() -> np.ndarray:
+    """Test images: the tiny model was trained on all classes, so all are normal for it."""
+    from training.data import load_fashion_mnist
+
+    return load_fashion_mnist().test_x[:1000]
+
+
+def score(server: ServerProcess, x: np.ndarray, **options: object) -> list[dict]:  # type: ignore[type-arg]
+    buffer = io.BytesIO()
+    np.save(buffer, x)
+    query = "&".join(f"{k}={str(v).lower() if isinstance(v, bool) else v}" for k, v in options.items())
+    response = httpx.post(f"{server.url}/anomaly-score?{query}", content=buffer.getvalue(),
+                          headers={"content-type": "application/x-npy"}, timeout=60)
+    assert response.status_code == 200, response.text
+    return response.json()["results"]
+
+
+def test_every_variant_is_listed_and_calibrated(server: ServerProcess) -> None:
+    card = httpx.get(server.url + "/model").json()
+    assert sorted(card["score_variants"]) == sorted(VARIANTS)
+    for variant in VARIANTS:
+        cal = card["calibration"]["variants"][variant]
+        assert cal["p50"] <= cal["p90"] <= cal["p99"] <= cal["p99.9"] and cal["threshold"] == pytest.approx(cal["p99"])
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_percentiles_are_monotone_in_the_score(server: ServerProcess, held_out_normal: np.ndarray, variant: str) -> None:
+    results = score(server, held_out_normal[:300], score=variant)
+    pairs = sorted((r["score"], r["percentile"]) for r in results)
+    percentiles = [p for _, p in pairs]
+    assert all(a <= b for a, b in zip(percentiles, percentiles[1:]))
+    assert 0 <= percentiles[0] and percentiles[-1] <= 100
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("fpr", [0.05, 0.2])
+def test_a_threshold_for_fpr_f_flags_about_f_of_held_out_normal_data(server: ServerProcess, held_out_normal: np.ndarray,
+                                                                    variant: str, fpr: float) -> None:
+    results = score(server, held_out_normal, score=variant, target_fpr=fpr)
+    flagged = np.mean([r["is_anomaly"] for r in results])
+    # 1000 examples: the binomial standard error at f = 0.2 is 0.013; allow for calibration noise too.
+    assert abs(flagged - fpr) < max(0.03, fpr * 0.35), f"{variant}: flagged {flagged:.3f} for target {fpr}"
+
+
+def test_latent_score_does_not_depend_on_the_monte_carlo_noise(server: ServerProcess, held_out_normal: np.ndarray) -> None:
+    a = score(server, held_out_normal[:20], score="latent", seed=1, mc_samples=2)
+    b = score(server, held_out_normal[:20], score="latent", seed=2, mc_samples=7)
+    np.testing.assert_allclose([r["score"] for r in a], [r["score"] for r in b], rtol=1e-9)
+
+
+def test_explanations_sum_to_the_reconstruction_term_and_draw_a_heatmap(server: ServerProcess,
+                                                                       held_out_normal: np.ndarray) -> None:
+    results = score(server, held_out_normal[:3], explain=True, heatmap=True)
+    for r in results:
+        assert sum(r["feature_nll"]) == pytest.approx(r["reconstruction_nll"], rel=1e-9)
+        image = Image.open(io.BytesIO(base64.b64decode(r["heatmap_png"])))
+        assert image.size == (28, 28)
+        hottest = int(np.argmax(r["feature_nll"]))
+        assert np.asarray(image).reshape(-1)[hottest] == 255, "the least-explained pixel is the brightest"
