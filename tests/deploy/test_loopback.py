@@ -73,6 +73,7 @@ def test_requests_through_the_load_balancer_reach_both_replicas(cluster: Cluster
     assert sum(served) == 40 and min(served) >= 10, f"requests per replica: {served}"
     upstreams = Counter(e["upstream"] for e in cluster.nginx.entries() if e["request"].startswith("POST /encode"))
     assert set(upstreams) == set(cluster.addresses), upstreams
+    print(f"\n40 requests through nginx: {served} per replica (their own counters), nginx log {dict(upstreams)}")
 
 
 def test_the_load_balancer_keeps_metrics_and_admin_routes_per_replica(cluster: Cluster) -> None:
