@@ -56,6 +56,7 @@ test-debs:
 
 lint: venv
 	$(VENV)/bin/ruff check model training service tests benchmarks
+	$(VENV)/bin/mypy model training service
 
 test: venv test-debs lint
 	$(VENV)/bin/pytest -q tests

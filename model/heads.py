@@ -17,6 +17,9 @@ from model.vae import VAE
 class Standardize(nn.Module):
     """x -> (x - mean) / std, and back; identity when no statistics are given."""
 
+    mean: torch.Tensor
+    std: torch.Tensor
+
     def __init__(self, mean: torch.Tensor | None, std: torch.Tensor | None, n_features: int) -> None:
         super().__init__()
         self.register_buffer("mean", mean if mean is not None else torch.zeros(n_features))
@@ -54,6 +57,11 @@ class DecoderGraph(nn.Module):
 class LatentReference(nn.Module):
     """Normal data in latent space: mean and precision of E_q[z|x], and the spread of the -ELBO
     and latent scores on held-out normal data (to put both on one scale). Identity when unknown."""
+
+    mean: torch.Tensor
+    precision: torch.Tensor
+    elbo_scale: torch.Tensor
+    latent_scale: torch.Tensor
 
     def __init__(self, latent_dim: int, stats: dict[str, torch.Tensor] | None = None) -> None:
         super().__init__()

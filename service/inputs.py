@@ -136,11 +136,11 @@ def _parse_pngs(value: list[Any], *, field: str, spec: InputSpec) -> np.ndarray:
             raise InvalidInput(f"{field}[{i}]: mix of images and numbers; send one kind per request")
         try:
             raw = base64.b64decode(item.split(",", 1)[-1], validate=True)  # a data: URL prefix is allowed
-            with Image.open(io.BytesIO(raw)) as image:
-                image = image.convert("L")
-                if image.size != (width, height):
-                    image = image.resize((width, height), Image.BILINEAR)
-                rows[i] = np.asarray(image, dtype=np.float32).reshape(-1) / 255.0
+            with Image.open(io.BytesIO(raw)) as opened:
+                gray = opened.convert("L")
+                if gray.size != (width, height):
+                    gray = gray.resize((width, height), Image.Resampling.BILINEAR)
+                rows[i] = np.asarray(gray, dtype=np.float32).reshape(-1) / 255.0
         except (binascii.Error, ValueError, OSError, Image.DecompressionBombError) as exc:
             raise InvalidInput(f"{field}[{i}]: not a valid base64-encoded image: {exc}") from None
     return rows

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -104,6 +104,12 @@ class ModelHandle:
         return np.interp(scores, self._grids[variant], self._levels) * 100.0
 
 
+def _graph_runner(runtime: ModelRuntime, graph: str) -> Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]:
+    def run(feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return runtime.run(graph, feeds)
+    return run
+
+
 def _scorer_item_weight(feeds: dict[str, np.ndarray]) -> int:
     """A scorer item with K noise draws costs K/16 items of the default K=16 (at least 1)."""
     return max(1, -(-feeds["eps"].shape[1] // DEFAULT_MC_SAMPLES))
@@ -133,7 +139,7 @@ class Pipeline:
         self.handle: ModelHandle | None = None
         self.accepting = True
         self._reload_lock = asyncio.Lock()
-        self._retired: set[asyncio.Task[None]] = set()
+        self._retired: set[asyncio.Task[bool]] = set()
 
     @property
     def current(self) -> ModelHandle:
@@ -179,7 +185,7 @@ class Pipeline:
         s = self.settings
         batchers = {
             graph: DynamicBatcher(
-                lambda feeds, g=graph: runtime.run(g, feeds),
+                _graph_runner(runtime, graph),
                 max_batch_size=s.max_batch_size, batch_wait_timeout_s=s.batch_wait_timeout_s,
                 max_queue_items=s.max_queue_items, request_timeout_s=s.request_timeout_s, executor=self.executor,
                 item_weight=_scorer_item_weight if graph == "scorer" else None,

@@ -166,7 +166,7 @@ def export_model(model: VAE, payload: dict[str, Any], out_dir: Path, *, train_x:
         export_onnx(module, args, out_dir / f"{graph_name}.onnx", graph_name)
         export_torchscript(module, args, out_dir / f"{graph_name}.pt")
     parity_report = parity(graphs, out_dir, latent_dim=config.latent_dim, sample_x=val_x)
-    manifest = {
+    manifest: dict[str, Any] = {
         "model": {"name": name, "version": version, "created": datetime.now(timezone.utc).isoformat(timespec="seconds")},
         "config": config.to_dict(),
         "input": _input_spec(config.input_shape, is_image=config.is_image, standardization=stats),
