@@ -2,7 +2,7 @@
 
 Requests are split into chunks of at most max_batch_size items; a batch takes whole chunks in
 arrival order until it is full or batch_wait_timeout_s has passed since its first chunk arrived
-(0 means: take what is queued now). One batch per batcher runs at a time, off the event loop, so
+(0 means: take what is queued now; a lone request under no load never waits). One batch per batcher runs at a time, off the event loop, so
 under load the queue fills while a batch runs and the next batch is larger. A full queue refuses
 at once (Overloaded), a chunk whose deadline passed is answered with RequestTimeout, and a chunk
 whose caller went away (cancelled future) is dropped before it is computed.
@@ -87,6 +87,7 @@ class DynamicBatcher:
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._closing = False
+        self._last_batch_chunks = 0
         self._weight_per_s = 0.0  # EWMA of the measured service rate (weight units/s), for admission
 
     def start(self) -> None:
@@ -170,9 +171,14 @@ class DynamicBatcher:
                 await self._run(chunks)
 
     async def _wait_for_fill(self) -> None:
-        """Wait until a batch is full or batch_wait_timeout_s after its first chunk arrived."""
-        if self.batch_wait_timeout_s == 0:
-            await asyncio.sleep(0)  # let requests that arrived in the same loop turn join
+        """Wait until a batch is full or batch_wait_timeout_s after its first chunk arrived.
+
+        A lone request after a lone request does not wait: with one client at a time nobody else
+        is coming, and waiting would only add latency. Once batches hold several requests, the
+        load is concurrent and waiting a little makes larger, cheaper-per-item batches.
+        """
+        await asyncio.sleep(0)  # let requests that arrived in the same loop turn join
+        if self.batch_wait_timeout_s == 0 or (len(self._queue) == 1 and self._last_batch_chunks <= 1):
             return
         flush_at = self._queue[0].enqueued_at + self.batch_wait_timeout_s
         while self.queued_weight < self.max_batch_size:
@@ -218,6 +224,7 @@ class DynamicBatcher:
             k: np.concatenate([c.inputs[k] for c in chunks]) for k in chunks[0].inputs}
         total = sum(c.size for c in chunks)
         self._in_flight = sum(c.weight for c in chunks)
+        self._last_batch_chunks = len(chunks)
         try:
             loop = asyncio.get_running_loop()
             outputs = await loop.run_in_executor(self.executor, self.handler, inputs)

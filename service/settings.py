@@ -20,7 +20,9 @@ class Settings(BaseSettings):
     backend: Literal["onnxruntime", "torchscript"] = Field("onnxruntime", description="inference engine")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto picks CUDA when the backend can use it")
     max_batch_size: int = Field(256, ge=1, description="items per executed batch; 1 turns batching off")
-    batch_wait_timeout_s: float = Field(0.002, ge=0, description="how long a batch waits for more items")
+    batch_wait_timeout_s: float = Field(
+        0.002, ge=0, description="how long a batch waits for more items under load (a lone request never waits)"
+    )
     max_queue_items: int = Field(4096, ge=1, description="queued items per graph before requests get 429")
     request_timeout_s: float = Field(10.0, gt=0, description="a request still queued after this gets 504")
     max_items_per_request: int = Field(1024, ge=1, description="items in one request before 413")
