@@ -116,16 +116,21 @@ def run_vaeserve(data, target: float, cfg: TrainConfig) -> tuple[float | None, f
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tutorial-epochs", type=int, default=10)
-    parser.add_argument("--max-epochs", type=int, default=10, help="vaeserve's epoch budget")
-    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--max-epochs", type=int, default=20, help="vaeserve's epoch budget")
+    parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--precision", default="bf16", choices=["fp32", "bf16"])
+    parser.add_argument("--target", type=float, default=None,
+                        help="skip the tutorial run and use this test -ELBO as the target (for tuning only)")
     args = parser.parse_args()
     torch.set_num_threads(max(1, torch.get_num_threads()))
     data = load_fashion_mnist()
     train_x = np.concatenate([data.train_x, data.val_x])  # the tutorial trains on all 60k
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; grayscale Fashion-MNIST, test -ELBO (1 sample)")
-    target, tutorial_s, _ = run_tutorial(train_x, data.test_x, args.tutorial_epochs)
+    if args.target is None:
+        target, tutorial_s, _ = run_tutorial(train_x, data.test_x, args.tutorial_epochs)
+    else:
+        target, tutorial_s = args.target, float("nan")
     cfg = TrainConfig(epochs=args.max_epochs, batch_size=args.batch_size, lr=args.lr, precision=args.precision,
                       binarize=False, seed=0)
     reached_s, total_s, _ = run_vaeserve(data, target, cfg)
