@@ -60,6 +60,7 @@ class DynamicBatcher:
         request_timeout_s: float = 30.0,
         executor: Executor | None = None,
         item_weight: Callable[[Batch], int] | None = None,
+        wait_when_idle: bool = False,
         on_batch: Callable[[BatchStats], None] | None = None,
         on_queue_depth: Callable[[int], None] | None = None,
     ) -> None:
@@ -78,6 +79,7 @@ class DynamicBatcher:
         # Items can cost more than one unit (e.g. K Monte Carlo samples each): batches and the
         # admission estimate count weight, so a batch of heavy items stays small.
         self.item_weight = item_weight
+        self.wait_when_idle = wait_when_idle
         self.on_batch = on_batch
         self.on_queue_depth = on_queue_depth
         self._queue: deque[_Chunk] = deque()
@@ -176,9 +178,11 @@ class DynamicBatcher:
         A lone request after a lone request does not wait: with one client at a time nobody else
         is coming, and waiting would only add latency. Once batches hold several requests, the
         load is concurrent and waiting a little makes larger, cheaper-per-item batches.
+        wait_when_idle=True always waits, as Triton's and Ray Serve's batchers do.
         """
         await asyncio.sleep(0)  # let requests that arrived in the same loop turn join
-        if self.batch_wait_timeout_s == 0 or (len(self._queue) == 1 and self._last_batch_chunks <= 1):
+        idle = len(self._queue) == 1 and self._last_batch_chunks <= 1
+        if self.batch_wait_timeout_s == 0 or (idle and not self.wait_when_idle):
             return
         flush_at = self._queue[0].enqueued_at + self.batch_wait_timeout_s
         while self.queued_weight < self.max_batch_size:

@@ -187,6 +187,7 @@ class Pipeline:
             graph: DynamicBatcher(
                 _graph_runner(runtime, graph),
                 max_batch_size=s.max_batch_size, batch_wait_timeout_s=s.batch_wait_timeout_s,
+                wait_when_idle=s.batch_wait_when_idle,
                 max_queue_items=s.max_queue_items, request_timeout_s=s.request_timeout_s, executor=self.executor,
                 item_weight=_scorer_item_weight if graph == "scorer" else None,
                 on_batch=_batch_observer(self.metrics, graph), on_queue_depth=self.metrics.queue_depth.labels(graph=graph).set,

@@ -23,6 +23,7 @@ class Settings(BaseSettings):
     batch_wait_timeout_s: float = Field(
         0.002, ge=0, description="how long a batch waits for more items under load (a lone request never waits)"
     )
+    batch_wait_when_idle: bool = Field(False, description="also make a lone request wait batch_wait_timeout_s")
     max_queue_items: int = Field(4096, ge=1, description="queued items per graph before requests get 429")
     request_timeout_s: float = Field(10.0, gt=0, description="a request still queued after this gets 504")
     max_items_per_request: int = Field(1024, ge=1, description="items in one request before 413")

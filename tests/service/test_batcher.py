@@ -227,3 +227,18 @@ def test_a_request_that_would_only_time_out_is_refused_at_admission() -> None:
         await asyncio.gather(*tasks)
         await batcher.drain_and_stop(1)
     run(scenario())
+
+
+@pytest.mark.parametrize("wait_when_idle", [False, True])
+def test_a_lone_request_at_an_idle_batcher_waits_only_when_asked(wait_when_idle: bool) -> None:
+    async def scenario() -> float:
+        batcher = DynamicBatcher(doubling([]), max_batch_size=64, batch_wait_timeout_s=0.3, max_queue_items=100,
+                                 wait_when_idle=wait_when_idle)
+        batcher.start()
+        start = time.monotonic()
+        await batcher.submit({"x": np.ones(1)})
+        elapsed = time.monotonic() - start
+        await batcher.drain_and_stop(1)
+        return elapsed
+    elapsed = run(scenario())
+    assert (elapsed >= 0.29) if wait_when_idle else (elapsed < 0.1), elapsed

@@ -51,7 +51,8 @@ def wait_queued(server: ServerProcess, timeout_s: float = 5) -> None:
 def test_sigterm_turns_readiness_off_first_and_answers_the_accepted_request(
         artifacts_dir: Path, tmp_path: Path, test_images: np.ndarray) -> None:
     # A batch waits up to 1.5 s for company, so the accepted request is still queued at SIGTERM.
-    server = start_server(artifacts_dir, tmp_path, batch_wait_timeout_s=1.5, max_batch_size=1024, shutdown_grace_s=1.0)
+    server = start_server(artifacts_dir, tmp_path, batch_wait_timeout_s=1.5, batch_wait_when_idle=True,
+                          max_batch_size=1024, shutdown_grace_s=1.0)
     body = {"inputs": test_images[:2].tolist()}
     try:
         thread, accepted = post_in_background(server, body)
@@ -95,7 +96,7 @@ def test_a_second_signal_skips_the_grace_period(artifacts_dir: Path, tmp_path: P
 def test_shutdown_is_bounded_even_when_accepted_work_cannot_finish(
         artifacts_dir: Path, tmp_path: Path, test_images: np.ndarray) -> None:
     # The queued request would wait 30 s for its batch; the drain timeout (1 s) bounds the exit instead.
-    server = start_server(artifacts_dir, tmp_path, batch_wait_timeout_s=30, max_batch_size=1024,
+    server = start_server(artifacts_dir, tmp_path, batch_wait_timeout_s=30, batch_wait_when_idle=True, max_batch_size=1024,
                           request_timeout_s=60, shutdown_grace_s=0.5, shutdown_drain_timeout_s=1.0)
     try:
         thread, cut_off = post_in_background(server, {"inputs": test_images[:1].tolist()})

@@ -33,7 +33,10 @@ def test_manifest_records_contract_parity_and_calibration(artifacts_dir: Path) -
 def test_onnx_scorer_equals_pytorch_negative_elbo_for_the_same_noise(artifacts_dir: Path, tiny_model, test_images) -> None:  # type: ignore[no-untyped-def]
     session = ort.InferenceSession(str(artifacts_dir / "scorer.onnx"))
     eps = np.random.default_rng(0).standard_normal((len(test_images), 4, 8), dtype=np.float32)
-    recon, kl, elbo, iwae, feature_nll = session.run(None, {"x": test_images, "eps": eps})
+    names = [o.name for o in session.get_outputs()]
+    out = dict(zip(names, session.run(None, {"x": test_images, "eps": eps})))
+    recon, kl, elbo, iwae, feature_nll = (out[k] for k in ("reconstruction_nll", "kl", "elbo_score", "iwae_score",
+                                                           "feature_nll"))
     with torch.no_grad():
         terms = tiny_model.monte_carlo_terms(torch.from_numpy(test_images), torch.from_numpy(eps))
         expected = (-terms.log_px_features.double().sum(-1).mean(1) + terms.kl_dims.double().sum(-1)).numpy()
@@ -45,10 +48,11 @@ def test_onnx_scorer_equals_pytorch_negative_elbo_for_the_same_noise(artifacts_d
 
 def test_dynamic_batch_and_k_axes(artifacts_dir: Path) -> None:
     session = ort.InferenceSession(str(artifacts_dir / "scorer.onnx"))
+    names = [o.name for o in session.get_outputs()]
     for batch, k in ((1, 1), (3, 64)):
-        outputs = session.run(None, {"x": np.full((batch, 784), 0.5, np.float32),
-                                     "eps": np.zeros((batch, k, 8), np.float32)})
-        assert outputs[2].shape == (batch,) and outputs[4].shape == (batch, 784)
+        outputs = dict(zip(names, session.run(None, {"x": np.full((batch, 784), 0.5, np.float32),
+                                                     "eps": np.zeros((batch, k, 8), np.float32)})))
+        assert outputs["elbo_score"].shape == (batch,) and outputs["feature_nll"].shape == (batch, 784)
 
 
 def test_corrupted_or_missing_files_and_wrong_schema_are_refused(artifacts_dir: Path, tmp_path: Path) -> None:
