@@ -16,9 +16,9 @@ router = APIRouter()
 SCORE_VARIANTS = {
     "elbo": "-ELBO = E_q[-log p(x|z)] + KL(q(z|x)||p(z)), K Monte Carlo samples (Kingma & Welling 2013)",
     "iwae": "-log (1/K) sum_k p(x,z_k)/q(z_k|x): importance-weighted bound on -log p(x) (Burda et al. 2015)",
-    "latent": "(mu(x)-m)^T S^-1 (mu(x)-m): Mahalanobis distance of the posterior mean from normal training data "
-              "(Lee et al. 2018), insensitive to how simple an image is",
-    "elbo_latent": "(elbo - mean)/sd + (latent - mean)/sd with mean and sd from held-out normal data",
+    "elbo_latent": "(elbo - mean)/sd + (latent - mean)/sd, latent = (mu(x)-m)^T S^-1 (mu(x)-m) the Mahalanobis "
+                   "distance of the posterior mean from normal training data (Lee et al. 2018); mean and sd from "
+                   "held-out normal data",
 }
 
 

@@ -59,9 +59,9 @@ class InterpolateRequest(InterpolateOptions):
 class AnomalyScoreOptions(Options):
     mc_samples: int = Field(DEFAULT_MC_SAMPLES, ge=1, description="Monte Carlo samples K (at most the server's max_mc_samples)")
     seed: int = Field(0, ge=0, le=MAX_SEED, description="seed of the Monte Carlo noise: same request, same scores")
-    score: Literal["elbo", "iwae", "latent", "elbo_latent"] = Field(
-        "elbo", description="elbo: -ELBO; iwae: importance-weighted -log p(x); latent: Mahalanobis distance of the "
-                            "posterior mean from normal data; elbo_latent: both, standardized on normal data, summed")
+    score: Literal["elbo", "iwae", "elbo_latent"] = Field(
+        "elbo", description="elbo: -ELBO; iwae: importance-weighted -log p(x); elbo_latent: -ELBO plus the "
+                            "Mahalanobis distance of the posterior mean from normal data, each standardized")
     explain: bool = Field(False, description="also return per-feature reconstruction NLL")
     heatmap: bool = Field(False, description="image models: also return the per-pixel NLL as a base64 PNG heatmap")
     target_fpr: float | None = Field(None, gt=0, lt=1, description="threshold for this false-positive rate on normal data")

@@ -200,9 +200,9 @@ def _input_spec(shape: tuple[int, ...], *, is_image: bool, standardization: dict
 def _graph_specs(n_features: int, latent_dim: int) -> dict[str, Any]:
     shapes = {"x": ["batch", n_features], "z": ["batch", latent_dim], "eps": ["batch", "k", latent_dim],
               "mu": ["batch", latent_dim], "log_var": ["batch", latent_dim], "x_mean": ["batch", n_features],
-              "reconstruction_nll": ["batch"], "kl": ["batch"], "feature_nll": ["batch", n_features],
-              **{f"{v}_score": ["batch"] for v in SCORE_VARIANTS}}
-    float64 = {"reconstruction_nll", "kl", "feature_nll", *(f"{v}_score" for v in SCORE_VARIANTS)}
+              "feature_nll": ["batch", n_features],
+              **{name: ["batch"] for name in GRAPH_IO["scorer"][1] if name != "feature_nll"}}
+    float64 = set(GRAPH_IO["scorer"][1])  # every scorer output: sums of log-densities in float64
     return {
         name: {
             "onnx": f"{name}.onnx", "torchscript": f"{name}.pt",

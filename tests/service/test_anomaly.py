@@ -13,7 +13,7 @@ from PIL import Image
 
 from tests.helpers import ServerProcess
 
-VARIANTS = ["elbo", "iwae", "latent", "elbo_latent"]
+VARIANTS = ["elbo", "iwae", "elbo_latent"]
 
 
 @pytest.fixture(scope="module")
@@ -61,10 +61,21 @@ def test_a_threshold_for_fpr_f_flags_about_f_of_held_out_normal_data(server: Ser
     assert abs(flagged - fpr) < max(0.03, fpr * 0.35), f"{variant}: flagged {flagged:.3f} for target {fpr}"
 
 
-def test_latent_score_does_not_depend_on_the_monte_carlo_noise(server: ServerProcess, held_out_normal: np.ndarray) -> None:
-    a = score(server, held_out_normal[:20], score="latent", seed=1, mc_samples=2)
-    b = score(server, held_out_normal[:20], score="latent", seed=2, mc_samples=7)
-    np.testing.assert_allclose([r["score"] for r in a], [r["score"] for r in b], rtol=1e-9)
+def test_elbo_latent_is_the_sum_of_both_scores_standardized_on_normal_data(server: ServerProcess,
+                                                                          held_out_normal: np.ndarray) -> None:
+    elbo = np.array([r["score"] for r in score(server, held_out_normal[:200], score="elbo", seed=3)])
+    both = np.array([r["score"] for r in score(server, held_out_normal[:200], score="elbo_latent", seed=3)])
+    # Same noise, so both - elbo/sd_elbo is the latent part alone: it must not depend on the noise.
+    elbo_b = np.array([r["score"] for r in score(server, held_out_normal[:200], score="elbo", seed=4)])
+    both_b = np.array([r["score"] for r in score(server, held_out_normal[:200], score="elbo_latent", seed=4)])
+    slope = np.polyfit(elbo - elbo_b, both - both_b, 1)[0]  # 1 / sd of elbo on normal data
+    assert slope > 0
+    np.testing.assert_allclose(both - slope * elbo, both_b - slope * elbo_b, atol=1e-6)
+
+
+def test_a_variant_the_benchmark_dropped_is_refused(server: ServerProcess) -> None:
+    response = httpx.post(server.url + "/anomaly-score", json={"inputs": [[0.5] * 784], "score": "latent"})
+    assert response.status_code == 422 and "score" in response.json()["error"]
 
 
 def test_explanations_sum_to_the_reconstruction_term_and_draw_a_heatmap(server: ServerProcess,
