@@ -20,8 +20,10 @@ def test_manifest_records_contract_parity_and_calibration(artifacts_dir: Path) -
     assert manifest["model"] == {**manifest["model"], "name": "tiny-vae", "version": "1"}
     assert manifest["input"]["shape"] == [1, 28, 28] and manifest["input"]["range"] == [0.0, 1.0]
     assert set(manifest["graphs"]) == {"encoder", "decoder", "scorer"}
-    for graph in manifest["parity"]["max_abs_diff"].values():
-        assert graph["onnxruntime"] <= 1e-4 and graph["torchscript"] <= 1e-4
+    for table in ("max_abs_diff", "max_scaled_diff"):
+        assert set(manifest["parity"][table]) == {"encoder", "decoder", "scorer"}
+        for graph in manifest["parity"][table].values():
+            assert graph["onnxruntime"] <= 1e-4 and graph["torchscript"] <= 1e-4
     assert manifest["parity"]["batch_sizes"] == [1, 7, 256]
     elbo = manifest["calibration"]["variants"]["elbo"]
     assert elbo["p50"] < elbo["p90"] < elbo["p99"] <= elbo["p99.9"]
