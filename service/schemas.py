@@ -104,7 +104,8 @@ class InterpolateResponse(BaseModel):
 
 
 class AnomalyResult(BaseModel):
-    score: float = Field(..., description="the selected variant's score in nats (higher: more anomalous)")
+    score: float = Field(..., description="the selected variant's score, higher is more anomalous (nats; "
+                         "standard units for elbo_latent)")
     reconstruction_nll: float
     kl: float
     percentile: float = Field(..., description="share of held-out normal data scoring lower, in %")
