@@ -60,16 +60,23 @@ def start_server(artifacts: Path, log_dir: Path, *, wait_ready: bool = True, tim
     return server
 
 
-def wait_until_ready(server: ServerProcess, *, timeout_s: float = 90, path: str = "/readyz") -> None:
+def wait_for_http(url: str, process: subprocess.Popen[bytes], *, what: str, log_path: Path,
+                  timeout_s: float = 30) -> None:
+    """Until url answers 200; fail with the process's log if it exits or the time runs out (then kill it)."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        if server.process.poll() is not None:
-            raise RuntimeError(f"server exited with {server.process.returncode}:\n{server.log()}")
+        if process.poll() is not None:
+            raise RuntimeError(f"{what} exited with {process.returncode}:\n{log_path.read_text(errors='replace')}")
         try:
-            if httpx.get(server.url + path, timeout=2).status_code == 200:
+            if httpx.get(url, timeout=2).status_code == 200:
                 return
         except httpx.HTTPError:
             pass
         time.sleep(0.1)
-    server.stop()
-    raise TimeoutError(f"server not ready within {timeout_s}s:\n{server.log()}")
+    process.kill()
+    process.wait()
+    raise TimeoutError(f"{what} not ready within {timeout_s}s:\n{log_path.read_text(errors='replace')}")
+
+
+def wait_until_ready(server: ServerProcess, *, timeout_s: float = 90, path: str = "/readyz") -> None:
+    wait_for_http(server.url + path, server.process, what="server", log_path=server.log_path, timeout_s=timeout_s)

@@ -126,21 +126,27 @@ def latent_reference(model: VAE, train_x: np.ndarray, val_x: np.ndarray) -> dict
             "latent_scale": torch.stack([latent.mean(), latent.std().clamp(min=1e-8)])}
 
 
-def calibrate(directory: Path, x_normal: np.ndarray, *, latent_dim: int, seed: int = 0) -> dict[str, Any]:
-    """Quantiles of each score variant on held-out normal data, computed by the exported scorer."""
-    session = ort.InferenceSession(str(directory / "scorer.onnx"), providers=["CPUExecutionProvider"])
+def onnx_variant_scores(scorer_path: Path, x: np.ndarray, *, latent_dim: int,
+                        mc_samples: int = CALIBRATION_MC_SAMPLES, seed: int = 0) -> dict[str, np.ndarray]:
+    """Every score variant for x, computed by the exported scorer graph as the service runs it."""
+    session = ort.InferenceSession(str(scorer_path), providers=["CPUExecutionProvider"])
     names = [o.name for o in session.get_outputs()]
     rng = np.random.default_rng(seed)
-    scores: dict[str, list[np.ndarray]] = {variant: [] for variant in SCORE_VARIANTS}
-    for start in range(0, len(x_normal), 256):
-        xb = x_normal[start:start + 256].astype(np.float32)
-        eps = rng.standard_normal((len(xb), CALIBRATION_MC_SAMPLES, latent_dim), dtype=np.float32)
+    parts: dict[str, list[np.ndarray]] = {variant: [] for variant in SCORE_VARIANTS}
+    for start in range(0, len(x), 256):
+        xb = x[start:start + 256].astype(np.float32)
+        eps = rng.standard_normal((len(xb), mc_samples, latent_dim), dtype=np.float32)
         outputs = dict(zip(names, session.run(None, {"x": xb, "eps": eps})))
         for variant in SCORE_VARIANTS:
-            scores[variant].append(outputs[f"{variant}_score"])
+            parts[variant].append(outputs[f"{variant}_score"])
+    return {variant: np.concatenate(p) for variant, p in parts.items()}
+
+
+def calibrate(directory: Path, x_normal: np.ndarray, *, latent_dim: int, seed: int = 0) -> dict[str, Any]:
+    """Quantiles of each score variant on held-out normal data, computed by the exported scorer."""
+    scores = onnx_variant_scores(directory / "scorer.onnx", x_normal, latent_dim=latent_dim, seed=seed)
     variants = {}
-    for name, parts in scores.items():
-        values = np.concatenate(parts)
+    for name, values in scores.items():
         grid = np.quantile(values, QUANTILE_LEVELS)
         variants[name] = {
             "quantiles": [float(v) for v in grid],

@@ -12,7 +12,6 @@ import re
 import shutil
 import subprocess
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,7 +19,7 @@ import httpx
 import pytest
 import yaml
 
-from tests.helpers import REPO, ServerProcess, free_port, wait_until_ready
+from tests.helpers import REPO, ServerProcess, free_port, wait_for_http, wait_until_ready
 
 NGINX_TEMPLATE = REPO / "deploy/nginx/templates/default.conf.template"
 PROMETHEUS_CONFIG = REPO / "deploy/prometheus/prometheus.yml"
@@ -108,7 +107,7 @@ def start_nginx(tmp: Path, upstream_ports: list[int]) -> Nginx:
     process = subprocess.Popen([nginx, "-p", str(tmp), "-c", str(tmp / "nginx.conf"), "-e", str(tmp / "error.log")],
                                stdout=(tmp / "nginx.out").open("wb"), stderr=subprocess.STDOUT)
     server = Nginx(f"http://127.0.0.1:{port}", process, tmp / "access.log", tmp / "error.log")
-    _wait_http(f"{server.url}/lb-health", process, what="nginx", log=tmp / "error.log")
+    wait_for_http(f"{server.url}/lb-health", process, what="nginx", log_path=tmp / "error.log")
     return server
 
 
@@ -150,20 +149,7 @@ def start_prometheus(tmp: Path, targets: list[str]) -> Prometheus:
                                 f"--web.listen-address=127.0.0.1:{port}"],
                                stdout=log.open("wb"), stderr=subprocess.STDOUT)
     server = Prometheus(f"http://127.0.0.1:{port}", process, log)
-    _wait_http(f"{server.url}/-/ready", process, what="prometheus", log=log)
+    wait_for_http(f"{server.url}/-/ready", process, what="prometheus", log_path=log)
     return server
 
 
-def _wait_http(url: str, process: subprocess.Popen[bytes], *, what: str, log: Path, timeout_s: float = 30) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"{what} exited with {process.returncode}:\n{log.read_text(errors='replace')}")
-        try:
-            if httpx.get(url, timeout=1).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    process.kill()
-    raise TimeoutError(f"{what} not ready within {timeout_s}s:\n{log.read_text(errors='replace')}")
