@@ -13,8 +13,8 @@ from fastapi.responses import Response
 from service import schemas
 from service.deps import (
     NPY,
-    PipelineDep,
     SettingsDep,
+    app_services,
     npy_bytes,
     read_request,
     unless_disconnected,
@@ -65,7 +65,8 @@ def _inputs(data: dict[str, Any], handle: ModelHandle, settings: SettingsDep) ->
 
 @router.post("/encode", response_model=schemas.EncodeResponse, responses=ERRORS,
              openapi_extra=items_body_doc(schemas.EncodeRequest), summary="Posterior mean and log-variance per item")
-async def encode(request: Request, pipeline: PipelineDep, settings: SettingsDep) -> Response:
+async def encode(request: Request) -> Response:
+    pipeline, settings = app_services(request)
     data = await read_request(request, settings)
     async with pipeline.use() as handle:
         x, _ = _inputs(data, handle, settings)
@@ -79,7 +80,8 @@ async def encode(request: Request, pipeline: PipelineDep, settings: SettingsDep)
 
 @router.post("/reconstruct", response_model=schemas.ReconstructResponse, responses=ERRORS,
              openapi_extra=items_body_doc(schemas.ReconstructRequest), summary="Decoder mean at the posterior mean")
-async def reconstruct(request: Request, pipeline: PipelineDep, settings: SettingsDep) -> Response:
+async def reconstruct(request: Request) -> Response:
+    pipeline, settings = app_services(request)
     data = await read_request(request, settings)
     async with pipeline.use() as handle:
         x, layout = _inputs(data, handle, settings)
@@ -93,7 +95,8 @@ async def reconstruct(request: Request, pipeline: PipelineDep, settings: Setting
              openapi_extra=body_doc(schemas.SampleRequest),
              responses={**ERRORS, 200: {"content": {"application/json": {}, "image/png": {}},
                                         "description": "samples (JSON) or a PNG grid with Accept: image/png"}})
-async def sample(request: Request, pipeline: PipelineDep, settings: SettingsDep) -> Response:
+async def sample(request: Request) -> Response:
+    pipeline, settings = app_services(request)
     options = validate_options(schemas.SampleRequest, await read_request(request, settings))
     if options.n > settings.max_sample_n:
         raise PayloadTooLarge(f"n: {options.n} exceeds the limit of {settings.max_sample_n}")
@@ -111,7 +114,8 @@ async def sample(request: Request, pipeline: PipelineDep, settings: SettingsDep)
 
 @router.post("/interpolate", response_model=schemas.InterpolateResponse, responses=ERRORS,
              openapi_extra=body_doc(schemas.InterpolateRequest), summary="Decode a path between two points")
-async def interpolate(request: Request, pipeline: PipelineDep, settings: SettingsDep) -> Response:
+async def interpolate(request: Request) -> Response:
+    pipeline, settings = app_services(request)
     data = await read_request(request, settings)
     ends = {k: data.pop(k) for k in ("start", "end") if k in data and data[k] is not None}
     data = {k: v for k, v in data.items() if k not in ("start", "end")}
@@ -135,7 +139,8 @@ async def interpolate(request: Request, pipeline: PipelineDep, settings: Setting
 
 @router.post("/anomaly-score", response_model=schemas.AnomalyScoreResponse, responses=ERRORS,
              openapi_extra=items_body_doc(schemas.AnomalyScoreRequest), summary="Anomaly score (-ELBO by default) per item")
-async def anomaly_score(request: Request, pipeline: PipelineDep, settings: SettingsDep) -> Response:
+async def anomaly_score(request: Request) -> Response:
+    pipeline, settings = app_services(request)
     data = await read_request(request, settings)
     async with pipeline.use() as handle:
         x, _ = _inputs(data, handle, settings)

@@ -32,6 +32,13 @@ PipelineDep = Annotated[Pipeline, Depends(get_pipeline)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 
 
+def app_services(request: Request) -> tuple[Pipeline, Settings]:
+    """The pipeline and settings for the hot routes, without FastAPI's dependency resolution,
+    which measured ~9% of the server's time per single-item request."""
+    state = request.app.state
+    return state.pipeline, state.settings
+
+
 NPY = "application/x-npy"
 
 

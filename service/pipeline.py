@@ -9,6 +9,7 @@ the old one, swapped in atomically, and the old one is drained once its last req
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
@@ -30,6 +31,21 @@ from service.schemas import DEFAULT_MC_SAMPLES
 from service.settings import Settings
 
 log = logging.getLogger("vaeserve.pipeline")
+
+
+@functools.lru_cache(maxsize=256)
+def _standard_normal(seed: int, shape: tuple[int, ...]) -> np.ndarray:
+    noise = np.random.default_rng(seed).standard_normal(shape, dtype=np.float32)
+    noise.flags.writeable = False  # shared between requests
+    return noise
+
+
+def standard_normal(seed: int, shape: tuple[int, ...]) -> np.ndarray:
+    """N(0, I) noise from numpy.random.default_rng(seed), memoized for small shapes: seeding a
+    generator costs more than a one-item inference, and most requests reuse a few seeds."""
+    if int(np.prod(shape)) <= 1 << 16:
+        return _standard_normal(seed, shape)
+    return np.random.default_rng(seed).standard_normal(shape, dtype=np.float32)
 
 
 @dataclass
@@ -61,7 +77,7 @@ class ModelHandle:
     async def encode(self, x: np.ndarray, *, sample: bool, seed: int) -> dict[str, np.ndarray]:
         out = await self.batchers["encoder"].submit({"x": x})
         if sample:
-            eps = np.random.default_rng(seed).standard_normal(out["mu"].shape, dtype=np.float32)
+            eps = standard_normal(seed, out["mu"].shape)
             out = {**out, "z": out["mu"] + np.exp(0.5 * out["log_var"]) * eps}
         return out
 
@@ -73,7 +89,7 @@ class ModelHandle:
         return await self.decode((await self.batchers["encoder"].submit({"x": x}))["mu"])
 
     async def sample(self, *, n: int, seed: int, temperature: float) -> tuple[np.ndarray, np.ndarray]:
-        z = np.random.default_rng(seed).standard_normal((n, self.latent_dim), dtype=np.float32) * np.float32(temperature)
+        z = standard_normal(seed, (n, self.latent_dim)) * np.float32(temperature)
         return z, await self.decode(z)
 
     async def interpolate(self, z_start: np.ndarray, z_end: np.ndarray, *, steps: int, method: str
@@ -83,7 +99,7 @@ class ModelHandle:
 
     async def score(self, x: np.ndarray, *, mc_samples: int, seed: int) -> dict[str, np.ndarray]:
         """The scorer graph's outputs; the noise comes from a generator seeded by the request."""
-        eps = np.random.default_rng(seed).standard_normal((len(x), mc_samples, self.latent_dim), dtype=np.float32)
+        eps = standard_normal(seed, (len(x), mc_samples, self.latent_dim))
         return await self.batchers["scorer"].submit({"x": x, "eps": eps})
 
     def threshold(self, variant: str, *, target_fpr: float | None, contamination: float | None) -> tuple[float, float]:
