@@ -218,3 +218,24 @@ def test_narrow_screen_has_no_horizontal_overflow(narrow_page: Page) -> None:
     assert tile and tile["width"] >= 40, "sample tiles too small to tap"
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "web-page-375.png"), full_page=True)
+
+
+def test_a_keyed_service_says_so_plainly_and_works_once_the_key_is_entered(browser: Browser, artifacts_dir: Path,
+                                                                          tmp_path: Path) -> None:
+    from tests.helpers import start_server
+
+    keyed = start_server(artifacts_dir, tmp_path, api_keys='["page-key"]')
+    try:
+        context = browser.new_context(viewport={"width": 1280, "height": 900})
+        page = context.new_page()
+        page.set_default_timeout(30_000)
+        page.goto(keyed.url + "/")
+        page.wait_for_function("document.getElementById('status').textContent.includes('401')")
+        assert "missing API key" in page.locator("#status").inner_text()
+        page.fill("#api-key", "page-key")
+        page.press("#api-key", "Enter")  # change event: the key is kept for this tab and the page reloads
+        page.wait_for_selector("body[data-loaded=true]")
+        assert "ready" in page.locator("#status").inner_text()
+        context.close()
+    finally:
+        keyed.stop()

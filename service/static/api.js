@@ -13,9 +13,15 @@ export class ApiError extends Error {
   }
 }
 
+const KEY_STORE = "vaeserve-api-key"; // this tab only: sessionStorage, never a cookie
+
+export const apiKey = () => sessionStorage.getItem(KEY_STORE) ?? "";
+export const setApiKey = (key) => (key ? sessionStorage.setItem(KEY_STORE, key) : sessionStorage.removeItem(KEY_STORE));
+
 async function call(path, body) {
-  const init = body === undefined ? {} : {
-    method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body),
+  const headers = apiKey() ? { Authorization: `Bearer ${apiKey()}` } : {};
+  const init = body === undefined ? { headers } : {
+    method: "POST", headers: { ...headers, "Content-Type": "application/json" }, body: JSON.stringify(body),
   };
   let response;
   try {

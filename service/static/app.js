@@ -1,5 +1,5 @@
 // The page: samples, scoring, interpolation and traversals, all through the public API.
-import { api, ApiError } from "./api.js";
+import { api, ApiError, apiKey, setApiKey } from "./api.js";
 import { canvas, drawHeatmap, drawItem, drawPixels } from "./draw.js";
 import { renderCard, startLive } from "./card.js";
 
@@ -195,6 +195,11 @@ function wire() {
 
 async function boot() {
   wire();
+  $("api-key").value = apiKey();
+  $("api-key").addEventListener("change", () => {
+    setApiKey($("api-key").value.trim());
+    location.reload();
+  });
   startLive($("live-table").tBodies[0], (err) => report("live-error", err));
   while (!state.card) {
     try {
