@@ -40,16 +40,20 @@ def reparameterize(mu: torch.Tensor, log_var: torch.Tensor, eps: torch.Tensor) -
     return mu + torch.exp(0.5 * log_var) * eps
 
 
-def free_bits_kl(kl_dims: torch.Tensor, free_bits: float) -> torch.Tensor:
-    """Free-bits KL for a batch (KSJ+16, eq. 15): sum_j max(lambda, mean_batch KL_j).
+def free_bits_kl(
+    kl_share: torch.Tensor, free_bits: float, *, batch_kl: torch.Tensor | None = None, shares: int = 1
+) -> torch.Tensor:
+    """Free-bits KL (KSJ+16, eq. 15): sum_j max(lambda, KL_j), KL_j the batch-mean KL of dimension j.
 
-    kl_dims is (B, D). Dimensions whose batch-mean KL is below lambda get no KL gradient, so the
-    optimizer is not pushed to collapse them further. With free_bits=0 this is the plain batch-mean KL.
+    kl_share is (D,): the batch-mean KL per dimension, or, when the batch is split over `shares`
+    data-parallel processes, this process's share of it, with batch_kl the all-reduced total.
+    A dimension below lambda adds the constant lambda / shares and gets no KL gradient, so the
+    optimizer is not pushed to collapse it further. free_bits=0 gives the plain KL.
     """
-    per_dim = kl_dims.mean(0)  # (D,)
-    if free_bits > 0:
-        per_dim = per_dim.clamp(min=free_bits)
-    return per_dim.sum()
+    if free_bits <= 0:
+        return kl_share.sum()
+    below = (kl_share.detach() if batch_kl is None else batch_kl) < free_bits
+    return torch.where(below, torch.full_like(kl_share, free_bits / shares), kl_share).sum()
 
 
 def iwae_log_weights(

@@ -40,19 +40,6 @@ class NotFound(ServiceError):
     error_type = "not_found"
 
 
-class Unauthorized(ServiceError):
-    status_code = 401
-    error_type = "unauthorized"
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message, headers={"WWW-Authenticate": "Bearer"})
-
-
-class Forbidden(ServiceError):
-    status_code = 403
-    error_type = "forbidden"
-
-
 class Conflict(ServiceError):
     status_code = 409
     error_type = "conflict"

@@ -17,6 +17,7 @@ from model.heads import GRAPH_IO, SCORE_VARIANTS, build_graphs
 from model.losses import mahalanobis_sq
 from model.manifest import write_manifest
 from model.vae import VAE
+from training.checkpoint import standardization_tensors
 from training.evaluate import latent_statistics, score_examples
 
 log = logging.getLogger("vaeserve.export")
@@ -169,8 +170,7 @@ def export_model(model: VAE, payload: dict[str, Any], out_dir: Path, *, train_x:
     out_dir.mkdir(parents=True, exist_ok=True)
     model = model.cpu().eval()
     stats = payload.get("standardization")
-    mean = torch.tensor(stats["mean"], dtype=torch.float32) if stats else None
-    std = torch.tensor(stats["std"], dtype=torch.float32) if stats else None
+    mean, std = standardization_tensors(payload)
     reference = latent_reference(model, _standardized(train_x.astype(np.float32), stats),
                                  _standardized(val_x.astype(np.float32), stats))
     graphs = build_graphs(model, mean, std, reference)

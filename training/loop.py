@@ -25,6 +25,7 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from model.config import VAEConfig
+from model.losses import free_bits_kl
 from model.vae import VAE
 from training.checkpoint import save_checkpoint
 from training.config import TrainConfig
@@ -157,14 +158,12 @@ def _loss(model: torch.nn.Module, x: torch.Tensor, eps: torch.Tensor, cfg: Train
 
 
 def _free_bits_share(kl_dims: torch.Tensor, free_bits: float, world: int) -> torch.Tensor:
-    """free_bits_kl (model/losses.py) for sharded batches: the floor is decided on the *global* batch-mean
-    KL per dimension, so every rank keeps the same dimensions; a floored one adds the constant floor / world."""
-    if free_bits <= 0:
-        return kl_dims.sum()
+    """free_bits_kl with the floor decided on the *global* batch-mean KL, so every rank keeps the same
+    dimensions (the all-reduce is the only distributed part; the math is in model/losses.py)."""
     batch_kl = kl_dims.detach().clone()  # (D,)
-    if world > 1:
+    if world > 1 and free_bits > 0:
         dist.all_reduce(batch_kl)
-    return torch.where(batch_kl < free_bits, free_bits / world, kl_dims).sum()
+    return free_bits_kl(kl_dims, free_bits, batch_kl=batch_kl, shares=world)
 
 
 def _standardized(data: Dataset, x: np.ndarray) -> np.ndarray:
