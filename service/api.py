@@ -71,7 +71,8 @@ async def encode(request: Request) -> Response:
     async with pipeline.use() as handle:
         x, _ = _inputs(data, handle, settings)
         options = validate_options(schemas.EncodeOptions, data)
-        out = await unless_disconnected(request, handle.encode(x, sample=options.sample, seed=options.seed or 0))
+        out = await unless_disconnected(request, handle.encode(x, sample=options.sample, seed=options.seed or 0),
+                                        size=len(x))
     payload = {"model": handle.ref, "mu": out["mu"], "log_var": out["log_var"]}
     if options.sample:
         payload["z"] = out["z"]
@@ -86,7 +87,7 @@ async def reconstruct(request: Request) -> Response:
     async with pipeline.use() as handle:
         x, layout = _inputs(data, handle, settings)
         validate_options(schemas.Options, data)
-        recon = await unless_disconnected(request, handle.reconstruct(x))
+        recon = await unless_disconnected(request, handle.reconstruct(x), size=len(x))
     return answer(request, {"model": handle.ref,
                             "reconstructions": format_items(recon, layout=layout, spec=handle.spec)}, npy=recon)
 
@@ -105,7 +106,7 @@ async def sample(request: Request) -> Response:
         if wants_png and not handle.spec.is_image:
             raise NotAcceptable("image/png is only available for image models")
         z, samples = await unless_disconnected(
-            request, handle.sample(n=options.n, seed=options.seed, temperature=options.temperature))
+            request, handle.sample(n=options.n, seed=options.seed, temperature=options.temperature), size=options.n)
     if wants_png:
         return Response(_png_grid(samples, shape=handle.spec.shape), media_type="image/png",
                         headers={"X-Model-Name": handle.ref["name"], "X-Model-Version": handle.ref["version"]})
@@ -130,9 +131,10 @@ async def interpolate(request: Request) -> Response:
                 z[name] = parse_latents(latent, field=f"z_{name}", latent_dim=handle.latent_dim)
             else:
                 x, _ = parse_items([ends[name]], field=name, spec=handle.spec, max_items=1)
-                z[name] = (await unless_disconnected(request, handle.encode(x, sample=False, seed=0)))["mu"][0]
+                z[name] = (await handle.encode(x, sample=False, seed=0))["mu"][0]
         latents, outputs = await unless_disconnected(
-            request, handle.interpolate(z["start"], z["end"], steps=options.steps, method=options.method))
+            request, handle.interpolate(z["start"], z["end"], steps=options.steps, method=options.method),
+            size=options.steps)
     return answer(request, {"model": handle.ref, "method": options.method, "latents": latents,
                             "outputs": outputs}, npy=outputs)
 
@@ -151,7 +153,8 @@ async def anomaly_score(request: Request) -> Response:
             raise InvalidInput(f"mc_samples: {options.mc_samples} exceeds the limit of {settings.max_mc_samples}")
         threshold, quantile = handle.threshold(options.score, target_fpr=options.target_fpr,
                                                contamination=options.contamination)
-        out = await unless_disconnected(request, handle.score(x, mc_samples=options.mc_samples, seed=options.seed))
+        out = await unless_disconnected(request, handle.score(x, mc_samples=options.mc_samples, seed=options.seed),
+                                        size=len(x) * options.mc_samples)
     scores = out[f"{options.score}_score"]
     percentiles = handle.percentiles(options.score, scores)
     histogram = pipeline.metrics.anomaly_score.labels(variant=options.score)
@@ -183,3 +186,8 @@ def _png_grid(samples: np.ndarray, *, shape: tuple[int, ...]) -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(grid, mode="L").save(buffer, format="PNG")
     return buffer.getvalue()
+
+
+# The routes the fast lane (service/fastlane.py) dispatches to directly.
+HOT_HANDLERS = {"/encode": encode, "/reconstruct": reconstruct, "/sample": sample, "/interpolate": interpolate,
+                "/anomaly-score": anomaly_score}

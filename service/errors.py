@@ -1,6 +1,9 @@
-"""Typed errors the service raises; app.py maps them to responses in one place."""
+"""Typed errors the service raises, and the one mapping from errors to JSON responses."""
 
 from __future__ import annotations
+
+import orjson
+from starlette.responses import Response
 
 
 class ServiceError(Exception):
@@ -72,3 +75,17 @@ class ModelNotReady(ServiceError):
 class RequestTimeout(ServiceError):
     status_code = 504
     error_type = "request_timeout"
+
+
+def json_error(status: int, message: str, error_type: str, headers: dict[str, str] | None = None) -> Response:
+    """Every error the service sends: {"error": message, "error_type": type}."""
+    return Response(orjson.dumps({"error": message, "error_type": error_type}), status_code=status,
+                    media_type="application/json", headers=headers)
+
+
+def error_response(exc: ServiceError) -> Response:
+    return json_error(exc.status_code, exc.message, exc.error_type, exc.headers)
+
+
+def internal_error_response() -> Response:
+    return json_error(500, "internal error; it has been logged", "internal_error")

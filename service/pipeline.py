@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import math
 import time
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -43,7 +44,7 @@ def _standard_normal(seed: int, shape: tuple[int, ...]) -> np.ndarray:
 def standard_normal(seed: int, shape: tuple[int, ...]) -> np.ndarray:
     """N(0, I) noise from numpy.random.default_rng(seed), memoized for small shapes: seeding a
     generator costs more than a one-item inference, and most requests reuse a few seeds."""
-    if int(np.prod(shape)) <= 1 << 16:
+    if math.prod(shape) <= 1 << 16:  # math.prod: np.prod costs 3 us, more than the rest
         return _standard_normal(seed, shape)
     return np.random.default_rng(seed).standard_normal(shape, dtype=np.float32)
 

@@ -86,7 +86,9 @@ async def infer(request: Request, pipeline: PipelineDep, settings: SettingsDep, 
         _, spec = _graph(pipeline, name, version)
         header, binary = _split(body, request.headers.get(HEADER_LENGTH))
         feeds = _feeds(header, binary, spec, max_items=settings.max_items_per_request)
-        outputs = await unless_disconnected(request, handle.batchers[name].submit(feeds))
+        items = len(next(iter(feeds.values())))
+        samples = feeds["eps"].shape[1] if "eps" in feeds else 1
+        outputs = await unless_disconnected(request, handle.batchers[name].submit(feeds), size=items * samples)
     return _response(header, outputs, spec, model=name, version=handle.runtime.version)
 
 
