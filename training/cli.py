@@ -51,6 +51,9 @@ def _build_parser() -> argparse.ArgumentParser:
     opt.add_argument("--precision", choices=["fp32", "bf16"], default="fp32", help="bf16 autocast for the networks")
     opt.add_argument("--beta", type=float, default=1.0, help="KL weight (beta-VAE, Higgins et al. 2017)")
     opt.add_argument("--kl-warmup-steps", type=int, default=0, help="linear KL annealing from 0 to beta over N steps")
+    opt.add_argument("--ema-decay", type=float, default=0.999,
+                     help="decay of the exponential moving average of the weights that validation, checkpoints "
+                          "and export use (0: the raw weights)")
     opt.add_argument("--free-bits", type=float, default=0.0, help="per-dimension KL floor in nats (Kingma et al. 2016)")
     opt.add_argument("--no-binarize", dest="binarize", action="store_false",
                      help="train on grayscale pixels instead of dynamically binarized ones")
@@ -130,7 +133,7 @@ def _train(args: argparse.Namespace) -> int:
                              gaussian_variance=args.gaussian_variance)
     train_config = TrainConfig(
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed, device=args.device,
-        beta=args.beta, kl_warmup_steps=args.kl_warmup_steps, free_bits=args.free_bits,
+        beta=args.beta, kl_warmup_steps=args.kl_warmup_steps, free_bits=args.free_bits, ema_decay=args.ema_decay,
         binarize=args.binarize and image and model_config.likelihood == "bernoulli", precision=args.precision,
         max_steps=args.max_steps,
     )

@@ -17,11 +17,12 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
 import torch.distributed as dist
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
 from model.config import VAEConfig
@@ -61,6 +62,24 @@ def init_distributed() -> tuple[int, int]:
     return (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
 
 
+def averaged(model: VAE, decay: float) -> AveragedModel | None:
+    """An exponential moving average of model's weights (torch's AveragedModel), or None for decay 0.
+
+    The decay warms up as min(decay, (1 + n) / (10 + n)) after n updates (TensorFlow's
+    ExponentialMovingAverage with num_updates): a fixed 0.999 would drag the average towards the
+    random initialisation for thousands of steps."""
+    if decay == 0:
+        return None
+    updates = 0
+
+    def update(average: Any, current: Any, num_averaged: Any) -> None:
+        nonlocal updates
+        updates += 1
+        get_ema_multi_avg_fn(min(decay, (1 + updates) / (10 + updates)))(average, current, num_averaged)
+
+    return AveragedModel(model, multi_avg_fn=update, use_buffers=True)
+
+
 def batches(n: int, batch_size: int, gen: torch.Generator) -> Iterator[torch.Tensor]:
     """Index tensors of a fresh permutation; the last short batch is kept."""
     perm = torch.randperm(n, generator=gen)
@@ -86,7 +105,11 @@ def train(
     ddp: torch.nn.Module = model
     if world > 1:
         ddp = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    # fused: one kernel for all parameters (measured 12.2 vs 16.9 ms per bf16 step of the default model on CPU).
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, fused=device.type in ("cpu", "cuda"))
+    average = averaged(model, cfg.ema_decay)
+    # What validation, checkpoints and export see: the average when there is one.
+    evaluated = cast(VAE, average.module) if average is not None else model
     gen = torch.Generator().manual_seed(cfg.seed)  # identical on every rank
     train_x = torch.from_numpy(data.train_x).to(device)
     if data.mean is not None:
@@ -116,6 +139,8 @@ def train(
             optimizer.zero_grad(set_to_none=True)
             (loss * world).backward()  # DDP averages gradients over ranks; the shares sum to the batch mean
             optimizer.step()
+            if average is not None:
+                average.update_parameters(model)
             sums += torch.tensor([loss.item(), recon.item(), kl.item()], dtype=torch.float64) * len(idx)
             seen += len(x)
             step += 1
@@ -126,21 +151,21 @@ def train(
             dist.all_reduce(packed)
             sums, seen = packed[:3], int(packed[3].item())
         seconds = time.perf_counter() - start
-        record = _epoch_record(model, val_x, cfg, epoch, step, sums / max(seen, 1), seen, seconds, device)
+        record = _epoch_record(evaluated, val_x, cfg, epoch, step, sums / max(seen, 1), seen, seconds, device)
         history.append(record)
         if rank == 0:
             _report(record, cfg, metrics_file)
-            save_checkpoint(last_path, model=model, extra={**extra, "epoch": epoch, "val_neg_elbo": record["val_neg_elbo"]})
+            save_checkpoint(last_path, model=evaluated, extra={**extra, "epoch": epoch, "val_neg_elbo": record["val_neg_elbo"]})
             if record["val_neg_elbo"] < best_val:
                 best_val = record["val_neg_elbo"]
-                save_checkpoint(best_path, model=model, extra={**extra, "epoch": epoch, "val_neg_elbo": best_val})
-        if (cfg.max_steps and step >= cfg.max_steps) or (on_epoch is not None and on_epoch(record, model)):
+                save_checkpoint(best_path, model=evaluated, extra={**extra, "epoch": epoch, "val_neg_elbo": best_val})
+        if (cfg.max_steps and step >= cfg.max_steps) or (on_epoch is not None and on_epoch(record, evaluated)):
             break
     if metrics_file:
         metrics_file.close()
     if world > 1:
         dist.barrier()
-    return TrainResult(model=model.eval(), history=history, best_path=best_path, last_path=last_path)
+    return TrainResult(model=evaluated.eval(), history=history, best_path=best_path, last_path=last_path)
 
 
 def _loss(model: torch.nn.Module, x: torch.Tensor, eps: torch.Tensor, cfg: TrainConfig, step: int, *,

@@ -15,7 +15,7 @@ from training.checkpoint import load_checkpoint, save_checkpoint
 from training.config import TrainConfig
 from training.data import load_fashion_mnist
 from training.evaluate import auroc, collapsed_dimensions, latent_statistics, score_examples
-from training.loop import train
+from training.loop import averaged, train
 
 
 @pytest.fixture(scope="module")
@@ -73,3 +73,31 @@ def test_auroc_matches_scikit_learn_including_ties() -> None:
     labels = rng.random(500) < 0.3
     scores = np.round(rng.normal(labels * 0.8, 1.0), 1)  # rounding makes ties
     assert auroc(scores, labels) == pytest.approx(roc_auc_score(labels, scores), abs=1e-12)
+
+
+def test_the_weight_average_warms_up_then_follows_its_decay() -> None:
+    model = VAE(VAEConfig(hidden_sizes=(4,), latent_dim=2))
+    average = averaged(model, decay=0.5)
+    assert average is not None and averaged(model, decay=0.0) is None
+    first = model.decoder.net[0].weight
+    values = [1.0, 2.0, 4.0]
+    for value in values:
+        with torch.no_grad():
+            first.fill_(value)
+        average.update_parameters(model)
+    # update 1 copies; update 2 keeps min(0.5, 3/12) of the average; update 3 keeps min(0.5, 4/13).
+    expected = 1.0
+    for n, value in ((2, 2.0), (3, 4.0)):
+        keep = min(0.5, (1 + n - 1) / (10 + n - 1))
+        expected = keep * expected + (1 - keep) * value
+    torch.testing.assert_close(average.module.decoder.net[0].weight, torch.full_like(first, expected))
+
+
+def test_checkpoints_and_the_returned_model_hold_the_averaged_weights(small_data, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    config = VAEConfig(hidden_sizes=(32,), latent_dim=4)
+    plain = train(config, TrainConfig(epochs=1, max_steps=30, seed=1, ema_decay=0.0), small_data, tmp_path / "plain")
+    ema = train(config, TrainConfig(epochs=1, max_steps=30, seed=1), small_data, tmp_path / "ema")
+    raw_weight, ema_weight = plain.model.decoder.net[0].weight, ema.model.decoder.net[0].weight
+    assert not torch.allclose(raw_weight, ema_weight)  # same run, so the difference is the averaging
+    saved, _ = load_checkpoint(ema.last_path)
+    torch.testing.assert_close(saved.decoder.net[0].weight, ema_weight)
