@@ -2,7 +2,7 @@
 that class's training images, score all 10,000 test images, AUROC with that class as normal and
 the other nine as anomalies. Scores come from the exported graphs (ONNX Runtime), not training code.
 
-    .venv/bin/python benchmarks/anomaly_fmnist.py [--epochs 20] [--classes 0 1 ...]
+    .venv/bin/python benchmarks/anomaly_fmnist.py [--epochs 20] [--classes 0 1 ...] [--architecture conv]
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--latent-dim", type=int, default=16)
     parser.add_argument("--hidden", default="512 256")
+    parser.add_argument("--architecture", choices=["mlp", "conv"], default="mlp")
     args = parser.parse_args()
     test = load_fashion_mnist()
     table: dict[str, list[float]] = {v: [] for v in SCORE_VARIANTS}
@@ -41,7 +42,8 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             artifacts = train_and_export(Path(tmp), [
                 "--normal-classes", str(c), "--likelihood", "gaussian", "--epochs", str(args.epochs),
-                "--latent-dim", str(args.latent_dim), "--hidden", *args.hidden.split(), "--precision", "bf16",
+                "--latent-dim", str(args.latent_dim), "--hidden", *args.hidden.split(),
+                "--architecture", args.architecture, "--precision", "bf16",
                 "--batch-size", "128", "--seed", "0"])
             scores = onnx_scores(artifacts, test.test_x)
         anomalous = test.test_y != c

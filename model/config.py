@@ -8,6 +8,9 @@ from typing import Any, Literal
 
 Likelihood = Literal["bernoulli", "gaussian"]
 GaussianVariance = Literal["learned", "fixed"]
+Architecture = Literal["mlp", "conv"]
+# conv: two stride-2 convolutions (H, W -> H/4, W/4) before the dense layers, mirrored in the decoder.
+CONV_STRIDE_TOTAL = 4
 
 
 @dataclass(frozen=True)
@@ -25,6 +28,9 @@ class VAEConfig:
     # gaussian only: floor of the learned log-variance, so always-constant features (e.g. background
     # pixels) cannot drive the density to infinity.
     min_log_var: float = -7.0
+    # mlp: dense layers on the flattened input. conv: a small conv stack first (images only), then
+    # the hidden_sizes dense layers; the graphs still take and return flattened (B, F) tensors.
+    architecture: Architecture = "mlp"
 
     def __post_init__(self) -> None:
         if not self.input_shape or any(d <= 0 for d in self.input_shape):
@@ -37,6 +43,13 @@ class VAEConfig:
             raise ValueError(f"likelihood must be 'bernoulli' or 'gaussian', got {self.likelihood!r}")
         if self.gaussian_variance not in ("learned", "fixed"):
             raise ValueError(f"gaussian_variance must be 'learned' or 'fixed', got {self.gaussian_variance!r}")
+        if self.architecture not in ("mlp", "conv"):
+            raise ValueError(f"architecture must be 'mlp' or 'conv', got {self.architecture!r}")
+        if self.architecture == "conv" and not (
+            self.is_image and all(d % CONV_STRIDE_TOTAL == 0 for d in self.input_shape[1:])
+        ):
+            raise ValueError(f"architecture 'conv' needs an image input_shape (C, H, W) with H and W divisible "
+                             f"by {CONV_STRIDE_TOTAL}, got {self.input_shape}")
 
     @property
     def input_dim(self) -> int:
@@ -54,7 +67,8 @@ class VAEConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> VAEConfig:
-        """Inverse of to_dict; unknown keys are an error so stale manifests fail loudly."""
+        """Inverse of to_dict; unknown keys are an error so stale manifests fail loudly. Missing keys take
+        their defaults, so manifests written before a field existed (e.g. architecture) still load."""
         known = {f.name for f in fields(cls)}
         unknown = set(data) - known
         if unknown:

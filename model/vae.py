@@ -1,4 +1,5 @@
-"""The networks: a Gaussian encoder q(z|x) and a decoder p(x|z), MLPs rebuilt from VAEConfig."""
+"""The networks: a Gaussian encoder q(z|x) and a decoder p(x|z), rebuilt from VAEConfig: MLPs, or
+(architecture "conv", images only) a small conv stack before the dense layers and its mirror after."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from model.config import VAEConfig
+from model.config import CONV_STRIDE_TOTAL, VAEConfig
 from model.losses import (
     bernoulli_log_prob,
     gaussian_log_prob,
@@ -27,6 +28,43 @@ def mlp(sizes: list[int]) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
+# Channels of the two stride-2 convolutions (28x28 -> 14x14 -> 7x7 for Fashion-MNIST).
+CONV_CHANNELS = (32, 64)
+
+
+def conv_width(config: VAEConfig) -> int:
+    """Features of the flattened conv feature map: the dense layers' input (encoder), output (decoder)."""
+    _, height, width = config.input_shape
+    return CONV_CHANNELS[-1] * (height // CONV_STRIDE_TOTAL) * (width // CONV_STRIDE_TOTAL)
+
+
+def conv_stem(config: VAEConfig) -> nn.Sequential:
+    """(B, F) -> (B, C, H, W) -> two 4x4 stride-2 convolutions -> (B, conv_width)."""
+    c_in, c1, c2 = config.input_shape[0], *CONV_CHANNELS
+    return nn.Sequential(
+        nn.Unflatten(1, config.input_shape),
+        nn.Conv2d(c_in, c1, 4, stride=2, padding=1), nn.ReLU(),
+        nn.Conv2d(c1, c2, 4, stride=2, padding=1), nn.ReLU(),
+        nn.Flatten(1),
+    )
+
+
+def deconv_head(config: VAEConfig) -> nn.Sequential:
+    """The stem's mirror: (N, conv_width) -> two 4x4 stride-2 transposed convolutions -> (N, F).
+
+    Kernel 4, stride 2, padding 1 exactly doubles H and W, so no output_padding is needed.
+    """
+    c_out, c1, c2 = config.input_shape[0], *CONV_CHANNELS
+    _, height, width = config.input_shape
+    return nn.Sequential(
+        nn.ReLU(),  # after the last dense layer, which mlp() leaves linear
+        nn.Unflatten(1, (c2, height // CONV_STRIDE_TOTAL, width // CONV_STRIDE_TOTAL)),
+        nn.ConvTranspose2d(c2, c1, 4, stride=2, padding=1), nn.ReLU(),
+        nn.ConvTranspose2d(c1, c_out, 4, stride=2, padding=1),
+        nn.Flatten(1),
+    )
+
+
 class MonteCarloTerms(NamedTuple):
     """Everything the ELBO, the IWAE bound and explanations need, for K noise draws per example."""
 
@@ -42,14 +80,17 @@ class Encoder(nn.Module):
 
     def __init__(self, config: VAEConfig) -> None:
         super().__init__()
-        sizes = [config.input_dim, *config.hidden_sizes]
+        conv = config.architecture == "conv"
+        # Identity for mlp: no parameters, so mlp checkpoints keep their state_dict keys.
+        self.stem = conv_stem(config) if conv else nn.Identity()
+        sizes = [conv_width(config) if conv else config.input_dim, *config.hidden_sizes]
         self.body = nn.Sequential(mlp(sizes), nn.ReLU()) if config.hidden_sizes else nn.Identity()
         width = sizes[-1]
         self.to_mu = nn.Linear(width, config.latent_dim)
         self.to_log_var = nn.Linear(width, config.latent_dim)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        h = self.body(x)  # (B, H)
+        h = self.body(self.stem(x))  # (B, H)
         return self.to_mu(h), self.to_log_var(h)  # (B, D), (B, D)
 
 
@@ -59,7 +100,9 @@ class Decoder(nn.Module):
     def __init__(self, config: VAEConfig) -> None:
         super().__init__()
         self.config = config
-        self.net = mlp([config.latent_dim, *reversed(config.hidden_sizes), config.input_dim])
+        conv = config.architecture == "conv"
+        self.net = mlp([config.latent_dim, *reversed(config.hidden_sizes), conv_width(config) if conv else config.input_dim])
+        self.head = deconv_head(config) if conv else None
         learn_var = config.likelihood == "gaussian" and config.gaussian_variance == "learned"
         # One log-variance per feature, shared across examples: stable and enough for tabular data.
         self.log_var = nn.Parameter(
@@ -67,7 +110,12 @@ class Decoder(nn.Module):
         )
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return self.net(z)  # (..., F): logits (bernoulli) or mean (gaussian)
+        """z (..., D) -> (..., F): logits (bernoulli) or mean (gaussian)."""
+        if self.head is None:
+            return self.net(z)
+        # Convolutions take one batch axis: fold the leading axes (B, K) into it and restore them.
+        params = self.head(self.net(z.reshape(-1, z.shape[-1])))  # (N, F)
+        return params.reshape(*z.shape[:-1], params.shape[-1])
 
     def log_prob(self, params: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """log p(x|z) per feature."""

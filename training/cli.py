@@ -36,7 +36,13 @@ def _build_parser() -> argparse.ArgumentParser:
     _add_data_options(train)
     arch = train.add_argument_group("model")
     arch.add_argument("--latent-dim", type=int, default=20, help="latent dimensions D")
-    arch.add_argument("--hidden", type=int, nargs="+", default=[512, 512], help="hidden layer widths (encoder; decoder mirrors)")
+    arch.add_argument("--hidden", type=int, nargs="+", default=[512, 512],
+                      help="dense hidden layer widths (encoder; decoder mirrors); with --architecture conv, the "
+                           "dense layers after the conv stack")
+    arch.add_argument("--architecture", choices=["mlp", "conv"], default="mlp",
+                      help="mlp: dense layers on flattened pixels; conv (images only): two 4x4 stride-2 "
+                           "convolutions (32, 64 channels) before the dense layers, mirrored by transposed "
+                           "convolutions in the decoder. Graphs still take flattened (B, F) inputs")
     arch.add_argument("--likelihood", choices=["bernoulli", "gaussian"], default=None,
                       help="p(x|z): bernoulli (default for images) or gaussian (default for feature files; "
                            "for images it scores anomalies far better than bernoulli on grayscale pixels)")
@@ -130,7 +136,7 @@ def _train(args: argparse.Namespace) -> int:
     image = data.spec is not None and data.spec.kind == "fashion-mnist"
     model_config = VAEConfig(input_shape=data.input_shape, hidden_sizes=tuple(args.hidden), latent_dim=args.latent_dim,
                              likelihood=args.likelihood or ("bernoulli" if image else "gaussian"),
-                             gaussian_variance=args.gaussian_variance)
+                             gaussian_variance=args.gaussian_variance, architecture=args.architecture)
     train_config = TrainConfig(
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed, device=args.device,
         beta=args.beta, kl_warmup_steps=args.kl_warmup_steps, free_bits=args.free_bits, ema_decay=args.ema_decay,
