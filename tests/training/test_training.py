@@ -11,11 +11,12 @@ import torch
 
 from model.config import VAEConfig
 from model.vae import VAE
+from training.averaging import WeightAverage
 from training.checkpoint import load_checkpoint, save_checkpoint
 from training.config import TrainConfig
 from training.data import load_fashion_mnist
 from training.evaluate import auroc, collapsed_dimensions, latent_statistics, score_examples
-from training.loop import averaged, train
+from training.loop import train
 
 
 @pytest.fixture(scope="module")
@@ -77,20 +78,19 @@ def test_auroc_matches_scikit_learn_including_ties() -> None:
 
 def test_the_weight_average_warms_up_then_follows_its_decay() -> None:
     model = VAE(VAEConfig(hidden_sizes=(4,), latent_dim=2))
-    average = averaged(model, decay=0.5)
-    assert average is not None and averaged(model, decay=0.0) is None
     first = model.decoder.net[0].weight
-    values = [1.0, 2.0, 4.0]
-    for value in values:
+    with torch.no_grad():
+        first.fill_(0.0)
+    average = WeightAverage(model, decay=0.2)
+    expected = 0.0
+    for n, value in enumerate([1.0, 2.0, 4.0, 8.0], start=1):
         with torch.no_grad():
             first.fill_(value)
-        average.update_parameters(model)
-    # update 1 copies; update 2 keeps min(0.5, 3/12) of the average; update 3 keeps min(0.5, 4/13).
-    expected = 1.0
-    for n, value in ((2, 2.0), (3, 4.0)):
-        keep = min(0.5, (1 + n - 1) / (10 + n - 1))
+        average.update()
+        keep = min(0.2, (1 + n) / (10 + n))  # the warm-up (2/11 = 0.18) then the decay (0.2)
         expected = keep * expected + (1 - keep) * value
     torch.testing.assert_close(average.module.decoder.net[0].weight, torch.full_like(first, expected))
+    assert not average.module.decoder.net[0].weight.requires_grad
 
 
 def test_checkpoints_and_the_returned_model_hold_the_averaged_weights(small_data, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
