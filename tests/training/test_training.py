@@ -83,11 +83,11 @@ def test_the_weight_average_warms_up_then_follows_its_decay() -> None:
         first.fill_(0.0)
     average = WeightAverage(model, decay=0.2)
     expected = 0.0
-    for n, value in enumerate([1.0, 2.0, 4.0, 8.0], start=1):
+    for n, value in enumerate([1.0, 2.0, 4.0, 8.0, 16.0, 32.0], start=1):
         with torch.no_grad():
             first.fill_(value)
         average.update()
-        keep = min(0.2, (1 + n) / (10 + n))  # the warm-up (2/11 = 0.18) then the decay (0.2)
+        keep = min(0.2, (1 + n) / (20 + n))  # the warm-up (2/21, 3/22, 4/23) then the decay (0.2)
         expected = keep * expected + (1 - keep) * value
     torch.testing.assert_close(average.module.decoder.net[0].weight, torch.full_like(first, expected))
     assert not average.module.decoder.net[0].weight.requires_grad
