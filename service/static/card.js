@@ -46,7 +46,7 @@ export function renderCard(container, card) {
       ["Created", card.created],
       ["Dataset", dataset.name ? `${dataset.name} (${(dataset.class_names ?? dataset.classes ?? []).length} classes)` : undefined],
       ["Backend", `${card.backend} on ${card.device}`],
-      ["Architecture", `${(card.input?.shape ?? []).join("×")} → ${(card.config?.hidden_sizes ?? []).join("→")} → z∈ℝ^${card.latent_dim}`],
+      ["Architecture", `${(card.input?.shape ?? []).join("×")} → ${card.config?.architecture === "conv" ? "conv 32→64 → " : ""}${(card.config?.hidden_sizes ?? []).join("→")} → z∈ℝ^${card.latent_dim}`],
       ["Likelihood", card.likelihood],
       ["Active units", latent.active_units !== undefined ? `${latent.active_units} of ${card.latent_dim}` : undefined],
       ["Training", train.epoch !== undefined ? `best at epoch ${train.epoch}, β=${fmt(tc.beta)}, validation −ELBO ${fmt(train.val_neg_elbo)}` : undefined],
