@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import hmac
 
-import orjson
 from starlette.types import ASGIApp, Receive, Scope, Send
+
+from service.errors import json_error
 
 # Probes must work without secrets (load balancers, kubelets); /metrics is opt-in protected.
 ALWAYS_OPEN = frozenset({"/healthz", "/readyz", "/v2/health/live", "/v2/health/ready"})
@@ -49,11 +50,8 @@ class ApiKeyMiddleware:
             await self.app(scope, receive, send)
             return
         status, message, kind = problem
-        headers = [(b"content-type", b"application/json")]
-        if status == 401:
-            headers.append((b"www-authenticate", b"Bearer"))
-        await send({"type": "http.response.start", "status": status, "headers": headers})
-        await send({"type": "http.response.body", "body": orjson.dumps({"error": message, "error_type": kind})})
+        response = json_error(status, message, kind, {"WWW-Authenticate": "Bearer"} if status == 401 else None)
+        await response(scope, receive, send)
 
     @staticmethod
     def _check(scope: Scope, keys: list[bytes], disabled_message: str) -> tuple[int, str, str] | None:
