@@ -36,6 +36,11 @@ class _Chunk:
     future: asyncio.Future[Batch]
     enqueued_at: float
     deadline: float
+    # Per-item shapes, computed once: only chunks with equal ones can share a batch.
+    item_shapes: tuple[tuple[int, ...], ...] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.item_shapes = tuple(v.shape[1:] for v in self.inputs.values())
 
 
 @dataclass
@@ -205,7 +210,7 @@ class DynamicBatcher:
         total = 0
         now = time.monotonic()
         while self._queue and (not taken or total + self._queue[0].weight <= self.max_batch_size):
-            if taken and _item_shapes(self._queue[0]) != _item_shapes(taken[0]):
+            if taken and self._queue[0].item_shapes != taken[0].item_shapes:
                 break
             chunk = self._queue.popleft()
             self.queued_items -= chunk.size
@@ -256,7 +261,3 @@ class DynamicBatcher:
     def _report_depth(self) -> None:
         if self.on_queue_depth is not None:
             self.on_queue_depth(self.queued_items)
-
-
-def _item_shapes(chunk: _Chunk) -> tuple[tuple[int, ...], ...]:
-    return tuple(v.shape[1:] for v in chunk.inputs.values())
