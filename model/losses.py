@@ -81,3 +81,18 @@ def mahalanobis_sq(mu: torch.Tensor, mean: torch.Tensor, precision: torch.Tensor
     """
     centred = mu - mean  # (B, D)
     return ((centred @ precision) * centred).sum(-1)
+
+
+def knn_distance(features: torch.Tensor, bank: torch.Tensor, k: int) -> torch.Tensor:
+    """Mean Euclidean distance from each row of features (B, H) to its k nearest rows of bank (N, H) (B,), float64.
+
+    With bank = normal training data in the encoder's feature space, this is the k-nearest-neighbour
+    anomaly score (Ramaswamy et al. 2000; on deep features, Bergman et al. 2020, "Deep Nearest
+    Neighbor Anomaly Detection"). The neighbours are found with one float32 matrix product
+    (|a - b|^2 = |a|^2 + |b|^2 - 2 a.b), whose cancellation is too coarse for the distances
+    themselves, so those are recomputed exactly, in float64, for the k chosen rows only.
+    """
+    squared = (features * features).sum(-1, keepdim=True) + (bank * bank).sum(-1) - 2 * features @ bank.T  # (B, N)
+    nearest = torch.topk(squared, min(k, bank.shape[0]), dim=-1, largest=False).indices  # (B, k)
+    offsets = features.double().unsqueeze(1) - bank[nearest].double()  # (B, k, H)
+    return (offsets * offsets).sum(-1).sqrt().mean(-1)

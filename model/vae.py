@@ -38,6 +38,13 @@ def conv_width(config: VAEConfig) -> int:
     return CONV_CHANNELS[-1] * (height // CONV_STRIDE_TOTAL) * (width // CONV_STRIDE_TOTAL)
 
 
+def feature_width(config: VAEConfig) -> int:
+    """Width H of the encoder's last hidden layer (Encoder.features)."""
+    if config.hidden_sizes:
+        return config.hidden_sizes[-1]
+    return conv_width(config) if config.architecture == "conv" else config.input_dim
+
+
 def conv_stem(config: VAEConfig) -> nn.Sequential:
     """(B, F) -> (B, C, H, W) -> two 4x4 stride-2 convolutions -> (B, conv_width)."""
     c_in, c1, c2 = config.input_shape[0], *CONV_CHANNELS
@@ -73,6 +80,7 @@ class MonteCarloTerms(NamedTuple):
     log_weights: torch.Tensor  # (B, K) log p(x|z_k) + log p(z_k) - log q(z_k|x)
     mu: torch.Tensor  # (B, D)
     log_var: torch.Tensor  # (B, D)
+    features: torch.Tensor  # (B, H) the encoder's last hidden layer
 
 
 class Encoder(nn.Module):
@@ -89,9 +97,16 @@ class Encoder(nn.Module):
         self.to_mu = nn.Linear(width, config.latent_dim)
         self.to_log_var = nn.Linear(width, config.latent_dim)
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        h = self.body(self.stem(x))  # (B, H)
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """The last hidden layer (B, H): what the posterior is read from, and what neighbour-based
+        anomaly scores compare."""
+        return self.body(self.stem(x))
+
+    def posterior(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.to_mu(h), self.to_log_var(h)  # (B, D), (B, D)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.posterior(self.features(x))
 
 
 class Decoder(nn.Module):
@@ -146,14 +161,15 @@ class VAE(nn.Module):
         reduce_dtype (e.g. float64) is used for the per-feature terms and their sums: a sum of 784
         float32 log-probabilities carries ~1e-4 nats of rounding, too much for parity checks.
         """
-        mu, log_var = self.encoder(x)  # (B, D)
+        features = self.encoder.features(x)  # (B, H)
+        mu, log_var = self.encoder.posterior(features)  # (B, D)
         z = reparameterize(mu.unsqueeze(1), log_var.unsqueeze(1), eps)  # (B, K, D)
         log_px_features = self.decoder.log_prob(self.decoder(z), x.unsqueeze(1))  # (B, K, F)
         if reduce_dtype is not None:
             log_px_features, z = log_px_features.to(reduce_dtype), z.to(reduce_dtype)
             mu, log_var = mu.to(reduce_dtype), log_var.to(reduce_dtype)
         log_weights = iwae_log_weights(log_px_features.sum(-1), z, mu, log_var)  # (B, K)
-        return MonteCarloTerms(log_px_features, kl_per_dim(mu, log_var), log_weights, mu, log_var)
+        return MonteCarloTerms(log_px_features, kl_per_dim(mu, log_var), log_weights, mu, log_var, features)
 
     def forward(self, x: torch.Tensor, eps: torch.Tensor) -> MonteCarloTerms:
         return self.monte_carlo_terms(x, eps)

@@ -19,6 +19,9 @@ SCORE_VARIANTS = {
     "elbo_latent": "(elbo - mean)/sd + (latent - mean)/sd, latent = (mu(x)-m)^T S^-1 (mu(x)-m) the Mahalanobis "
                    "distance of the posterior mean from normal training data (Lee et al. 2018); mean and sd from "
                    "held-out normal data",
+    "elbo_knn": "(elbo - mean)/sd + (knn - mean)/sd, knn = mean Euclidean distance of the encoder's last hidden "
+                "layer (centred, scaled per unit) to its 5 nearest of up to 8192 normal training items (Bergman "
+                "et al. 2020, Deep Nearest Neighbor Anomaly Detection); mean and sd from held-out normal data",
 }
 
 

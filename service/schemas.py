@@ -59,9 +59,11 @@ class InterpolateRequest(InterpolateOptions):
 class AnomalyScoreOptions(Options):
     mc_samples: int = Field(DEFAULT_MC_SAMPLES, ge=1, description="Monte Carlo samples K (at most the server's max_mc_samples)")
     seed: int = Field(0, ge=0, le=MAX_SEED, description="seed of the Monte Carlo noise: same request, same scores")
-    score: Literal["elbo", "iwae", "elbo_latent"] = Field(
+    score: Literal["elbo", "iwae", "elbo_latent", "elbo_knn"] = Field(
         "elbo", description="elbo: -ELBO; iwae: importance-weighted -log p(x); elbo_latent: -ELBO plus the "
-                            "Mahalanobis distance of the posterior mean from normal data, each standardized")
+                            "Mahalanobis distance of the posterior mean from normal data; elbo_knn: -ELBO plus "
+                            "the distance of the encoder features to the nearest normal training items; the "
+                            "two parts of each sum standardized on held-out normal data")
     explain: bool = Field(False, description="also return per-feature reconstruction NLL")
     heatmap: bool = Field(False, description="image models: also return the per-pixel NLL as a base64 PNG heatmap")
     target_fpr: float | None = Field(None, gt=0, lt=1, description="threshold for this false-positive rate on normal data")
@@ -105,7 +107,7 @@ class InterpolateResponse(BaseModel):
 
 class AnomalyResult(BaseModel):
     score: float = Field(..., description="the selected variant's score, higher is more anomalous (nats; "
-                         "standard units for elbo_latent)")
+                         "standard units for elbo_latent and elbo_knn)")
     reconstruction_nll: float
     kl: float
     percentile: float = Field(..., description="share of held-out normal data scoring lower, in %")

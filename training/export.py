@@ -13,8 +13,8 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
-from model.heads import GRAPH_IO, SCORE_VARIANTS, build_graphs
-from model.losses import mahalanobis_sq
+from model.heads import GRAPH_IO, NEIGHBORS, SCORE_VARIANTS, build_graphs
+from model.losses import knn_distance, mahalanobis_sq
 from model.manifest import write_manifest
 from model.vae import VAE
 from training.checkpoint import standardization_tensors
@@ -25,6 +25,9 @@ log = logging.getLogger("vaeserve.export")
 PARITY_BATCH_SIZES = (1, 7, 256)
 PARITY_TOLERANCE = 1e-4
 CALIBRATION_MC_SAMPLES = 16  # the service's default mc_samples: calibration must match it
+# Normal training items kept for the neighbour score. The bank's size is a cost per scored
+# item (bank rows x feature width multiply-adds); 8192 keeps a one-class Fashion-MNIST bank whole.
+NEIGHBOR_BANK_SIZE = 8192
 QUANTILE_LEVELS = [round(q, 4) for q in np.linspace(0.0, 1.0, 1001)]  # 0.1% grid for percentiles
 REPORTED_QUANTILES = {"p50": 0.5, "p90": 0.9, "p95": 0.95, "p99": 0.99, "p99.9": 0.999}
 DEFAULT_THRESHOLD_QUANTILE = 0.99
@@ -108,23 +111,36 @@ def _as_tuple(out: Any) -> tuple[torch.Tensor, ...]:
     return tuple(out) if isinstance(out, (tuple, list)) else (out,)
 
 
-def latent_reference(model: VAE, train_x: np.ndarray, val_x: np.ndarray) -> dict[str, torch.Tensor]:
-    """Normal data's latent means (mean, ridge-regularized precision) and the location and scale of
-    the -ELBO and latent scores on held-out normal data, for the scorer's latent variants."""
+def normal_reference(model: VAE, train_x: np.ndarray, val_x: np.ndarray, *, seed: int = 0) -> dict[str, torch.Tensor]:
+    """What the scorer compares inputs with (model.heads.NormalReference), from normal data:
+    latent means (mean, ridge-regularized precision), a bank of encoder features of at most
+    NEIGHBOR_BANK_SIZE training items, and the location and scale of the -ELBO, latent and
+    neighbour scores on held-out normal data."""
     with torch.no_grad():
-        mu = torch.cat([model.encoder(torch.from_numpy(train_x[i:i + 4096]))[0] for i in range(0, len(train_x), 4096)])
-        mu = mu.double()
+        features = torch.cat([model.encoder.features(torch.from_numpy(train_x[i:i + 4096]))
+                              for i in range(0, len(train_x), 4096)])
+        mu = model.encoder.posterior(features)[0].double()
         mean = mu.mean(0)
         cov = torch.cov(mu.T).reshape(len(mean), len(mean))
         # Ridge: collapsed dimensions have ~0 variance, and would otherwise dominate the distance.
         ridge = 1e-2 * torch.diagonal(cov).mean().clamp(min=1e-8)
         precision = torch.linalg.inv(cov + ridge * torch.eye(len(mean), dtype=torch.float64))
-        val_mu = model.encoder(torch.from_numpy(val_x))[0].double()
+        # Dead units have no spread: a floor keeps them at ~0 instead of dividing by zero.
+        feature_mean, feature_std = features.mean(0), features.std(0).clamp(min=1e-3)
+        keep = np.sort(np.random.default_rng(seed).permutation(len(features))[:NEIGHBOR_BANK_SIZE])
+        bank = (features[torch.from_numpy(keep)] - feature_mean) / feature_std
+        val_features = model.encoder.features(torch.from_numpy(val_x))
+        val_mu = model.encoder.posterior(val_features)[0].double()
+        knn = knn_distance((val_features - feature_mean) / feature_std, bank, NEIGHBORS)
     latent = mahalanobis_sq(val_mu, mean, precision)
     elbo = torch.from_numpy(score_examples(model, val_x, k=CALIBRATION_MC_SAMPLES, seed=1)["elbo_score"])
-    return {"mean": mean, "precision": precision,
-            "elbo_scale": torch.stack([elbo.mean(), elbo.std().clamp(min=1e-8)]),
-            "latent_scale": torch.stack([latent.mean(), latent.std().clamp(min=1e-8)])}
+    return {"mean": mean, "precision": precision, "feature_mean": feature_mean, "feature_std": feature_std,
+            "feature_bank": bank, "elbo_scale": _location_scale(elbo), "latent_scale": _location_scale(latent),
+            "knn_scale": _location_scale(knn)}
+
+
+def _location_scale(values: torch.Tensor) -> torch.Tensor:
+    return torch.stack([values.mean(), values.std().clamp(min=1e-8)]).double()
 
 
 def onnx_variant_scores(scorer_path: Path, x: np.ndarray, *, latent_dim: int,
@@ -171,7 +187,7 @@ def export_model(model: VAE, payload: dict[str, Any], out_dir: Path, *, train_x:
     model = model.cpu().eval()
     stats = payload.get("standardization")
     mean, std = standardization_tensors(payload)
-    reference = latent_reference(model, _standardized(train_x.astype(np.float32), stats),
+    reference = normal_reference(model, _standardized(train_x.astype(np.float32), stats),
                                  _standardized(val_x.astype(np.float32), stats))
     graphs = build_graphs(model, mean, std, reference)
     config = model.config

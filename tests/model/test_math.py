@@ -17,6 +17,7 @@ from model.losses import (
     gaussian_log_prob,
     iwae_bound,
     kl_per_dim,
+    knn_distance,
     log_normal_diag,
 )
 from model.vae import VAE
@@ -73,6 +74,22 @@ def test_iwae_bound_with_one_sample_equals_the_single_sample_elbo() -> None:
     torch.testing.assert_close(iwae_bound(log_weights), torch.tensor([-3.0, -5.0]))
     two = torch.tensor([[0.0, math.log(3.0)]])
     torch.testing.assert_close(iwae_bound(two), torch.tensor([math.log(2.0)]))
+
+
+def test_knn_distance_is_the_mean_distance_to_the_k_nearest_bank_rows() -> None:
+    rng = np.random.default_rng(0)
+    # Offset far from the origin: |a|^2 + |b|^2 - 2ab alone would lose the distances to cancellation.
+    bank = rng.normal(size=(300, 24)).astype(np.float32) + 40.0
+    queries = np.concatenate([rng.normal(size=(6, 24)).astype(np.float32) + 40.0, bank[:2] + 1e-3])
+    distances = np.sqrt(((queries[:, None, :].astype(np.float64) - bank[None].astype(np.float64)) ** 2).sum(-1))
+    for k in (1, 5):
+        expected = np.sort(distances, axis=1)[:, :k].mean(1)
+        got = knn_distance(torch.from_numpy(queries), torch.from_numpy(bank), k)
+        assert got.dtype == torch.float64
+        np.testing.assert_allclose(got.numpy(), expected, rtol=1e-9, atol=1e-9)
+    # k above the bank's size uses the whole bank.
+    np.testing.assert_allclose(knn_distance(torch.from_numpy(queries), torch.from_numpy(bank[:3]), 5).numpy(),
+                               distances[:, :3].mean(1), rtol=1e-9)
 
 
 def test_free_bits_stops_the_kl_gradient_of_dimensions_below_the_floor() -> None:

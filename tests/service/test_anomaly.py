@@ -13,7 +13,7 @@ from PIL import Image
 
 from tests.helpers import ServerProcess
 
-VARIANTS = ["elbo", "iwae", "elbo_latent"]
+VARIANTS = ["elbo", "iwae", "elbo_latent", "elbo_knn"]
 
 
 @pytest.fixture(scope="module")
@@ -61,13 +61,14 @@ def test_a_threshold_for_fpr_f_flags_about_f_of_held_out_normal_data(server: Ser
     assert abs(flagged - fpr) < max(0.03, fpr * 0.35), f"{variant}: flagged {flagged:.3f} for target {fpr}"
 
 
-def test_elbo_latent_is_the_sum_of_both_scores_standardized_on_normal_data(server: ServerProcess,
-                                                                          held_out_normal: np.ndarray) -> None:
+@pytest.mark.parametrize("combined", ["elbo_latent", "elbo_knn"])
+def test_a_combined_variant_is_elbo_standardized_plus_a_noise_free_part(server: ServerProcess,
+                                                                       held_out_normal: np.ndarray, combined: str) -> None:
     elbo = np.array([r["score"] for r in score(server, held_out_normal[:200], score="elbo", seed=3)])
-    both = np.array([r["score"] for r in score(server, held_out_normal[:200], score="elbo_latent", seed=3)])
-    # Same noise, so both - elbo/sd_elbo is the latent part alone: it must not depend on the noise.
+    both = np.array([r["score"] for r in score(server, held_out_normal[:200], score=combined, seed=3)])
+    # Same noise, so both - elbo/sd_elbo is the latent or neighbour part alone: it must not depend on the noise.
     elbo_b = np.array([r["score"] for r in score(server, held_out_normal[:200], score="elbo", seed=4)])
-    both_b = np.array([r["score"] for r in score(server, held_out_normal[:200], score="elbo_latent", seed=4)])
+    both_b = np.array([r["score"] for r in score(server, held_out_normal[:200], score=combined, seed=4)])
     slope = np.polyfit(elbo - elbo_b, both - both_b, 1)[0]  # 1 / sd of elbo on normal data
     assert slope > 0
     np.testing.assert_allclose(both - slope * elbo, both_b - slope * elbo_b, atol=1e-6)
