@@ -60,13 +60,14 @@ NEIGHBORS = 5  # k of the neighbour score
 class NormalReference(nn.Module):
     """Normal data, for the scores that compare an input with it: mean and precision of E_q[z|x];
     a bank of encoder features of normal training items (centred and scaled per feature) for the
-    k-nearest-neighbour distance; and the (location, scale) of the -ELBO, latent and neighbour
+    k-nearest-neighbour distance, in the span of their top principal components; and the (location, scale) of the -ELBO, latent and neighbour
     scores on held-out normal data, to put them on one scale. Neutral values when unknown."""
 
     mean: torch.Tensor
     precision: torch.Tensor
     feature_mean: torch.Tensor
     feature_std: torch.Tensor
+    feature_projection: torch.Tensor
     feature_bank: torch.Tensor
     elbo_scale: torch.Tensor
     latent_scale: torch.Tensor
@@ -80,13 +81,15 @@ class NormalReference(nn.Module):
         self.register_buffer("precision", stats.get("precision", torch.eye(latent_dim)).double())
         self.register_buffer("feature_mean", stats.get("feature_mean", torch.zeros(feature_dim)).float())
         self.register_buffer("feature_std", stats.get("feature_std", torch.ones(feature_dim)).float())
+        self.register_buffer("feature_projection", stats.get("feature_projection", torch.eye(feature_dim)).float())
         self.register_buffer("feature_bank", stats.get("feature_bank", torch.zeros(1, feature_dim)).float())
         for name in ("elbo_scale", "latent_scale", "knn_scale"):
             self.register_buffer(name, stats.get(name, torch.tensor([0.0, 1.0])).double())
 
-    def scaled_features(self, features: torch.Tensor) -> torch.Tensor:
-        """Encoder features as the bank holds them: centred and divided by their normal-data spread."""
-        return (features - self.feature_mean) / self.feature_std
+    def bank_coordinates(self, features: torch.Tensor) -> torch.Tensor:
+        """Encoder features as the bank holds them: centred, divided by their normal-data spread, and
+        projected on the principal components (few: the bank is read whole for every batch)."""
+        return ((features - self.feature_mean) / self.feature_std) @ self.feature_projection
 
     @staticmethod
     def standardized(score: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
@@ -122,7 +125,7 @@ class ScoreGraph(nn.Module):
         latent_score = mahalanobis_sq(terms.mu, ref.mean, ref.precision)  # (B,)
         standard_elbo = ref.standardized(elbo_score, ref.elbo_scale)
         elbo_latent_score = standard_elbo + ref.standardized(latent_score, ref.latent_scale)
-        knn_score = knn_distance(ref.scaled_features(terms.features), ref.feature_bank, ref.neighbors)
+        knn_score = knn_distance(ref.bank_coordinates(terms.features), ref.feature_bank, ref.neighbors)
         elbo_knn_score = standard_elbo + ref.standardized(knn_score, ref.knn_scale)
         return (reconstruction_nll, kl, elbo_score, iwae_score, latent_score, elbo_latent_score, knn_score,
                 elbo_knn_score, feature_nll)

@@ -25,9 +25,12 @@ log = logging.getLogger("vaeserve.export")
 PARITY_BATCH_SIZES = (1, 7, 256)
 PARITY_TOLERANCE = 1e-4
 CALIBRATION_MC_SAMPLES = 16  # the service's default mc_samples: calibration must match it
-# Normal training items kept for the neighbour score. The bank's size is a cost per scored
-# item (bank rows x feature width multiply-adds); 8192 keeps a one-class Fashion-MNIST bank whole.
+# The neighbour score's bank: at most this many normal training items (8192 keeps a one-class
+# Fashion-MNIST bank whole), in this many principal components of the encoder features. The whole
+# bank is read for every batch: 8192 x 512 float32 (16.8 MB) took a single-item request's p50 from
+# ~1.2 to 2.1 ms; in 64 components (2.1 MB) the one-class AUROCs moved by 0.06 at most.
 NEIGHBOR_BANK_SIZE = 8192
+NEIGHBOR_COMPONENTS = 64
 QUANTILE_LEVELS = [round(q, 4) for q in np.linspace(0.0, 1.0, 1001)]  # 0.1% grid for percentiles
 REPORTED_QUANTILES = {"p50": 0.5, "p90": 0.9, "p95": 0.95, "p99": 0.99, "p99.9": 0.999}
 DEFAULT_THRESHOLD_QUANTILE = 0.99
@@ -127,15 +130,18 @@ def normal_reference(model: VAE, train_x: np.ndarray, val_x: np.ndarray, *, seed
         precision = torch.linalg.inv(cov + ridge * torch.eye(len(mean), dtype=torch.float64))
         # Dead units have no spread: a floor keeps them at ~0 instead of dividing by zero.
         feature_mean, feature_std = features.mean(0), features.std(0).clamp(min=1e-3)
+        scaled = (features - feature_mean) / feature_std
+        _, _, right = torch.linalg.svd(scaled, full_matrices=False)
+        projection = right[:NEIGHBOR_COMPONENTS].T.contiguous()  # (H, P) top principal directions
         keep = np.sort(np.random.default_rng(seed).permutation(len(features))[:NEIGHBOR_BANK_SIZE])
-        bank = (features[torch.from_numpy(keep)] - feature_mean) / feature_std
+        bank = scaled[torch.from_numpy(keep)] @ projection
         val_features = model.encoder.features(torch.from_numpy(val_x))
         val_mu = model.encoder.posterior(val_features)[0].double()
-        knn = knn_distance((val_features - feature_mean) / feature_std, bank, NEIGHBORS)
+        knn = knn_distance(((val_features - feature_mean) / feature_std) @ projection, bank, NEIGHBORS)
     latent = mahalanobis_sq(val_mu, mean, precision)
     elbo = torch.from_numpy(score_examples(model, val_x, k=CALIBRATION_MC_SAMPLES, seed=1)["elbo_score"])
     return {"mean": mean, "precision": precision, "feature_mean": feature_mean, "feature_std": feature_std,
-            "feature_bank": bank, "elbo_scale": _location_scale(elbo), "latent_scale": _location_scale(latent),
+            "feature_projection": projection, "feature_bank": bank, "elbo_scale": _location_scale(elbo), "latent_scale": _location_scale(latent),
             "knn_scale": _location_scale(knn)}
 
 
