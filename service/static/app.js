@@ -84,7 +84,7 @@ function analyze() {
     $("heat-max").textContent = `0 – ${drawHeatmap($("heatmap"), r.feature_nll, state.shape).toFixed(2)} nats`;
     const dl = $("score");
     fact(dl, "Image", label);
-    fact(dl, `Score (${{iwae: "IWAE", elbo_latent: "−ELBO + latent, standardized"}[scored.score_variant] ?? "−ELBO"}, K=${scored.mc_samples})`, `${r.score.toFixed(2)}${scored.score_variant === "elbo_latent" ? " (standard units)" : " nats"}`);
+    fact(dl, `Score (${{iwae: "IWAE", elbo_latent: "−ELBO + latent, standardized", elbo_knn: "−ELBO + neighbours, standardized"}[scored.score_variant] ?? "−ELBO"}, K=${scored.mc_samples})`, `${r.score.toFixed(2)}${scored.score_variant.startsWith("elbo_") ? " (standard units)" : " nats"}`);
     fact(dl, "Percentile", `${r.percentile.toFixed(1)} % of normal validation data score lower`);
     fact(dl, "Threshold", `${r.threshold.toFixed(1)} nats (quantile ${scored.threshold_quantile})`);
     fact(dl, "Verdict", r.is_anomaly ? "anomalous" : "normal", r.is_anomaly ? "bad" : "good");
