@@ -77,7 +77,7 @@ def main() -> None:
     header = "variant      " + "".join(f"{c:>6}" for c in args.classes) + "    mean"
     print("\nAUROC (%), one class normal, the other nine anomalous, 10,000 test images\n" + header)
     for v in SCORE_VARIANTS:
-        print(f"{v:<13}" + "".join(f"{a:6.1f}" for a in table[v]) + f"  {np.mean(table[v]):6.1f}")
+        print(f"{v:<13}" + "".join(f"{a:6.1f}" for a in table[v]) + f"  {np.mean(table[v]):6.2f}")
     for name, (mean, per_class) in PUBLISHED.items():
         cells = "".join(f"{per_class[c]:6.1f}" for c in args.classes) if per_class else " " * 6 * len(args.classes)
         print(f"{name:<13}" + cells + f"  {mean:6.1f}  (published)")
