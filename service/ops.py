@@ -21,8 +21,8 @@ SCORE_VARIANTS = {
                    "held-out normal data",
     "elbo_knn": "(elbo - mean)/sd + (knn - mean)/sd, knn = mean Euclidean distance of the encoder's last hidden "
                 "layer (centred, scaled per unit, top 64 principal components) to its 5 nearest of up to 8192 "
-                "normal training items (Bergman "
-                "et al. 2020, Deep Nearest Neighbor Anomaly Detection); mean and sd from held-out normal data",
+                "normal training items (Bergman et al. 2020, Deep Nearest Neighbor Anomaly Detection); mean and "
+                "sd from held-out normal data",
 }
 
 

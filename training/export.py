@@ -13,7 +13,7 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
-from model.heads import GRAPH_IO, NEIGHBORS, SCORE_VARIANTS, build_graphs
+from model.heads import GRAPH_IO, NEIGHBORS, SCORE_VARIANTS, NormalReference, build_graphs
 from model.losses import knn_distance, mahalanobis_sq
 from model.manifest import write_manifest
 from model.vae import VAE
@@ -130,18 +130,18 @@ def normal_reference(model: VAE, train_x: np.ndarray, val_x: np.ndarray, *, seed
         precision = torch.linalg.inv(cov + ridge * torch.eye(len(mean), dtype=torch.float64))
         # Dead units have no spread: a floor keeps them at ~0 instead of dividing by zero.
         feature_mean, feature_std = features.mean(0), features.std(0).clamp(min=1e-3)
-        scaled = (features - feature_mean) / feature_std
-        _, _, right = torch.linalg.svd(scaled, full_matrices=False)
-        projection = right[:NEIGHBOR_COMPONENTS].T.contiguous()  # (H, P) top principal directions
+        _, _, right = torch.linalg.svd((features - feature_mean) / feature_std, full_matrices=False)
         keep = np.sort(np.random.default_rng(seed).permutation(len(features))[:NEIGHBOR_BANK_SIZE])
-        bank = scaled[torch.from_numpy(keep)] @ projection
+        stats = {"mean": mean, "precision": precision, "feature_mean": feature_mean, "feature_std": feature_std,
+                 "feature_projection": right[:NEIGHBOR_COMPONENTS].T.contiguous()}  # (H, P) top principal directions
+        coordinates = NormalReference(len(mean), features.shape[1], stats).bank_coordinates
+        stats["feature_bank"] = coordinates(features[torch.from_numpy(keep)])
         val_features = model.encoder.features(torch.from_numpy(val_x))
         val_mu = model.encoder.posterior(val_features)[0].double()
-        knn = knn_distance(((val_features - feature_mean) / feature_std) @ projection, bank, NEIGHBORS)
+        knn = knn_distance(coordinates(val_features), stats["feature_bank"], NEIGHBORS)
     latent = mahalanobis_sq(val_mu, mean, precision)
     elbo = torch.from_numpy(score_examples(model, val_x, k=CALIBRATION_MC_SAMPLES, seed=1)["elbo_score"])
-    return {"mean": mean, "precision": precision, "feature_mean": feature_mean, "feature_std": feature_std,
-            "feature_projection": projection, "feature_bank": bank, "elbo_scale": _location_scale(elbo), "latent_scale": _location_scale(latent),
+    return {**stats, "elbo_scale": _location_scale(elbo), "latent_scale": _location_scale(latent),
             "knn_scale": _location_scale(knn)}
 
 
