@@ -77,7 +77,6 @@ class NormalReference(nn.Module):
     def __init__(self, latent_dim: int, feature_dim: int, stats: dict[str, torch.Tensor] | None = None) -> None:
         super().__init__()
         stats = stats or {}
-        self.neighbors = NEIGHBORS
         self.register_buffer("mean", stats.get("mean", torch.zeros(latent_dim)).double())
         self.register_buffer("precision", stats.get("precision", torch.eye(latent_dim)).double())
         self.register_buffer("feature_mean", stats.get("feature_mean", torch.zeros(feature_dim)).float())
@@ -126,7 +125,7 @@ class ScoreGraph(nn.Module):
         latent_score = mahalanobis_sq(terms.mu, ref.mean, ref.precision)  # (B,)
         standard_elbo = ref.standardized(elbo_score, ref.elbo_scale)
         elbo_latent_score = standard_elbo + ref.standardized(latent_score, ref.latent_scale)
-        knn_score = knn_distance(ref.bank_coordinates(terms.features), ref.feature_bank, ref.neighbors)
+        knn_score = knn_distance(ref.bank_coordinates(terms.features), ref.feature_bank, NEIGHBORS)
         elbo_knn_score = standard_elbo + ref.standardized(knn_score, ref.knn_scale)
         return (reconstruction_nll, kl, elbo_score, iwae_score, latent_score, elbo_latent_score, knn_score,
                 elbo_knn_score, feature_nll)

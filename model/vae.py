@@ -93,9 +93,8 @@ class Encoder(nn.Module):
         self.stem = conv_stem(config) if conv else nn.Identity()
         sizes = [conv_width(config) if conv else config.input_dim, *config.hidden_sizes]
         self.body = nn.Sequential(mlp(sizes), nn.ReLU()) if config.hidden_sizes else nn.Identity()
-        width = sizes[-1]
-        self.to_mu = nn.Linear(width, config.latent_dim)
-        self.to_log_var = nn.Linear(width, config.latent_dim)
+        self.to_mu = nn.Linear(feature_width(config), config.latent_dim)
+        self.to_log_var = nn.Linear(feature_width(config), config.latent_dim)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """The last hidden layer (B, H): what the posterior is read from, and what neighbour-based
