@@ -11,6 +11,13 @@ from training.cli import main as vaeserve
 from training.export import onnx_variant_scores
 
 
+def one_thread() -> None:
+    """Process-pool initializer: one CPU thread per worker, so parallel jobs do not oversubscribe."""
+    import torch
+
+    torch.set_num_threads(1)
+
+
 def train_and_export(run_dir: Path, train_args: list[str]) -> Path:
     """`vaeserve train ...` then `vaeserve export`; returns the artifacts folder."""
     assert vaeserve(["train", "--out", str(run_dir), *train_args]) == 0

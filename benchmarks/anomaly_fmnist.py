@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.anomaly_common import onnx_scores, train_and_export  # noqa: E402
+from benchmarks.anomaly_common import one_thread, onnx_scores, train_and_export  # noqa: E402
 from model.heads import SCORE_VARIANTS  # noqa: E402
 from training.data import FASHION_MNIST_CLASSES, load_fashion_mnist  # noqa: E402
 from training.evaluate import auroc  # noqa: E402
@@ -33,12 +33,6 @@ PUBLISHED = {  # mean AUROC (%) under the same protocol; GEOM per class from Gol
     "Deep SVDD": (89.2, None), "CAE + OC-SVM": (91.7, None),
     "GEOM": (93.5, [99.4, 97.6, 91.1, 89.9, 92.1, 93.4, 83.3, 98.9, 90.8, 99.2]),
 }
-
-
-def _one_thread() -> None:
-    import torch
-
-    torch.set_num_threads(1)
 
 
 def one_class(c: int, train_args: list[str]) -> tuple[int, dict[str, float], float]:
@@ -68,7 +62,7 @@ def main() -> None:
                   *(["--ema-decay", args.ema_decay] if args.ema_decay is not None else [])]
     rows: dict[int, dict[str, float]] = {}
     with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn"),
-                             initializer=_one_thread if args.jobs > 1 else None) as pool:
+                             initializer=one_thread if args.jobs > 1 else None) as pool:
         for c, row, seconds in pool.map(one_class, args.classes, [train_args] * len(args.classes)):
             rows[c] = row
             print(f"class {c} ({FASHION_MNIST_CLASSES[c]}): " + "  ".join(f"{v} {row[v]:.1f}" for v in SCORE_VARIANTS)
