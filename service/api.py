@@ -153,8 +153,8 @@ async def anomaly_score(request: Request) -> Response:
             raise InvalidInput(f"mc_samples: {options.mc_samples} exceeds the limit of {settings.max_mc_samples}")
         threshold, quantile = handle.threshold(options.score, target_fpr=options.target_fpr,
                                                contamination=options.contamination)
-        out = await unless_disconnected(request, handle.score(x, mc_samples=options.mc_samples, seed=options.seed),
-                                        size=len(x) * options.mc_samples)
+        scoring = handle.score(x, variant=options.score, mc_samples=options.mc_samples, seed=options.seed)
+        out = await unless_disconnected(request, scoring, size=len(x) * options.mc_samples)
     scores = out[f"{options.score}_score"]
     percentiles = handle.percentiles(options.score, scores)
     histogram = pipeline.metrics.anomaly_score.labels(variant=options.score)

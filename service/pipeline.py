@@ -62,10 +62,19 @@ class ModelHandle:
     _grids: dict[str, np.ndarray] = field(default_factory=dict)
     _levels: np.ndarray = field(default_factory=lambda: np.zeros(0))
 
+    # Per score variant, the smallest scorer graph that computes it (models exported before
+    # scorer_core have only scorer, which computes every variant).
+    _scorers: dict[str, str] = field(default_factory=dict)
+
     def __post_init__(self) -> None:
         self._levels = np.asarray(self.calibration.get("quantile_levels", []), dtype=np.float64)
         self._grids = {name: np.asarray(v["quantiles"], dtype=np.float64)
                        for name, v in self.calibration.get("variants", {}).items()}
+        scorers = [g for g in self.runtime.graphs if "eps" in self.runtime.inputs(g)]
+        for variant in self._grids:
+            able = [g for g in scorers if f"{variant}_score" in self.runtime.outputs(g)]
+            if able:
+                self._scorers[variant] = min(able, key=lambda g: len(self.runtime.outputs(g)))
 
     @property
     def ref(self) -> dict[str, str]:
@@ -98,10 +107,14 @@ class ModelHandle:
         latents = interpolate(z_start, z_end, steps=steps, method=method)  # type: ignore[arg-type]
         return latents, await self.decode(latents)
 
-    async def score(self, x: np.ndarray, *, mc_samples: int, seed: int) -> dict[str, np.ndarray]:
-        """The scorer graph's outputs; the noise comes from a generator seeded by the request."""
+    async def score(self, x: np.ndarray, *, variant: str, mc_samples: int, seed: int) -> dict[str, np.ndarray]:
+        """The outputs of the scorer graph for this variant; the noise comes from a generator seeded
+        by the request, so the same request gives the same scores whichever graph computes them."""
+        graph = self._scorers.get(variant)
+        if graph is None:
+            raise InvalidInput(f"score: the model's graphs do not compute variant {variant!r}")
         eps = standard_normal(seed, (len(x), mc_samples, self.latent_dim))
-        return await self.batchers["scorer"].submit({"x": x, "eps": eps})
+        return await self.batchers[graph].submit({"x": x, "eps": eps})
 
     def threshold(self, variant: str, *, target_fpr: float | None, contamination: float | None) -> tuple[float, float]:
         """(threshold, its quantile of the normal-data calibration)."""
@@ -206,7 +219,7 @@ class Pipeline:
                 max_batch_size=s.max_batch_size, batch_wait_timeout_s=s.batch_wait_timeout_s,
                 wait_when_idle=s.batch_wait_when_idle,
                 max_queue_items=s.max_queue_items, request_timeout_s=s.request_timeout_s, executor=self.executor,
-                item_weight=_scorer_item_weight if graph == "scorer" else None,
+                item_weight=_scorer_item_weight if "eps" in runtime.inputs(graph) else None,
                 on_batch=_batch_observer(self.metrics, graph), on_queue_depth=self.metrics.queue_depth.labels(graph=graph).set,
             )
             for graph in runtime.graphs

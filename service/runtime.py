@@ -48,14 +48,20 @@ class ModelRuntime:
         """Run one graph on a batch; blocking, so callers run it off the event loop."""
         return self.graphs[graph](feeds)
 
+    def inputs(self, graph: str) -> list[str]:
+        return [spec["name"] for spec in self.manifest["graphs"][graph]["inputs"]]
+
+    def outputs(self, graph: str) -> list[str]:
+        return [spec["name"] for spec in self.manifest["graphs"][graph]["outputs"]]
+
     def warm_up(self, *, batch_sizes: tuple[int, ...] = (1, 8, 64), mc_samples: int = 16) -> None:
         """Run every graph once per batch size so the first request pays no allocation cost."""
         d, f = self.config.latent_dim, self.config.input_dim
         for n in batch_sizes:
-            x = np.full((n, f), 0.5, dtype=np.float32)
-            self.run("encoder", {"x": x})
-            self.run("decoder", {"z": np.zeros((n, d), dtype=np.float32)})
-            self.run("scorer", {"x": x, "eps": np.zeros((n, mc_samples, d), dtype=np.float32)})
+            feeds = {"x": np.full((n, f), 0.5, dtype=np.float32), "z": np.zeros((n, d), dtype=np.float32),
+                     "eps": np.zeros((n, mc_samples, d), dtype=np.float32)}
+            for graph in self.graphs:
+                self.run(graph, {name: feeds[name] for name in self.inputs(graph)})
 
 
 def load_runtime(artifacts_dir: Path, *, backend: str, device: str, intra_op_threads: int = 0) -> ModelRuntime:

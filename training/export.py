@@ -1,4 +1,4 @@
-"""Export: encoder, decoder and scorer to ONNX and TorchScript, parity-checked, with a manifest."""
+"""Export: encoder, decoder and scorers to ONNX and TorchScript, parity-checked, with a manifest."""
 
 from __future__ import annotations
 
@@ -57,7 +57,7 @@ def export_onnx(module: torch.nn.Module, args: tuple[torch.Tensor, ...], path: P
     inputs, outputs = GRAPH_IO[graph]
     batch = torch.export.Dim("batch", min=1, max=1 << 20)
     dynamic: dict[str, dict[int, Any]] = {name: {0: batch} for name in inputs}
-    if graph == "scorer":
+    if "eps" in inputs:
         dynamic["eps"] = {0: batch, 1: torch.export.Dim("k", min=1, max=1 << 16)}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -101,7 +101,7 @@ def parity(graphs: dict[str, torch.nn.Module], directory: Path, *, latent_dim: i
                     scaled[backend] = max(scaled[backend], float((diff / scale).max()))
         report[name] = worst
         report[f"{name}_scaled"] = scaled
-        log.info("parity %-8s onnxruntime %.2e  torchscript %.2e (scaled %.2e, %.2e)", name, worst["onnxruntime"],
+        log.info("parity %-11s onnxruntime %.2e  torchscript %.2e (scaled %.2e, %.2e)", name, worst["onnxruntime"],
                  worst["torchscript"], scaled["onnxruntime"], scaled["torchscript"])
         for backend, diff in scaled.items():
             if diff > PARITY_TOLERANCE:

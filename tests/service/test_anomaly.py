@@ -3,8 +3,12 @@ monotone, thresholds for a target false-positive rate hold on held-out normal da
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import io
+import json
+import shutil
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -88,3 +92,51 @@ def test_explanations_sum_to_the_reconstruction_term_and_draw_a_heatmap(server: 
         assert image.size == (28, 28)
         hottest = int(np.argmax(r["feature_nll"]))
         assert np.asarray(image).reshape(-1)[hottest] == 255, "the least-explained pixel is the brightest"
+
+
+def _executed_batches(server: ServerProcess) -> dict[str, float]:
+    text = httpx.get(server.url + "/metrics").text
+    prefix = 'vaeserve_batch_size_items_count{graph="'
+    return {line[len(prefix):].split('"')[0]: float(line.split()[-1])
+            for line in text.splitlines() if line.startswith(prefix)}
+
+
+def test_each_variant_runs_on_the_smallest_graph_that_computes_it(server: ServerProcess,
+                                                                  held_out_normal: np.ndarray) -> None:
+    before = _executed_batches(server)
+    score(server, held_out_normal[:3], score="elbo_knn")
+    after_knn = _executed_batches(server)
+    score(server, held_out_normal[:3], score="elbo_latent")
+    after_latent = _executed_batches(server)
+    assert after_knn["scorer"] > before.get("scorer", 0) and after_knn["scorer_core"] == before.get("scorer_core", 0)
+    assert after_latent["scorer_core"] > after_knn["scorer_core"] and after_latent["scorer"] == after_knn["scorer"]
+
+
+def test_a_model_exported_without_scorer_core_scores_every_variant_on_scorer(
+        server: ServerProcess, artifacts_dir: Path, tmp_path: Path, held_out_normal: np.ndarray) -> None:
+    from service.metrics import Metrics
+    from service.pipeline import Pipeline
+    from service.settings import Settings
+
+    older = tmp_path / "older"
+    shutil.copytree(artifacts_dir, older)
+    manifest = json.loads((older / "manifest.json").read_text())
+    del manifest["graphs"]["scorer_core"]
+    for ext in ("onnx", "pt"):
+        del manifest["files"][f"scorer_core.{ext}"]
+        (older / f"scorer_core.{ext}").unlink()
+    (older / "manifest.json").write_text(json.dumps(manifest))
+    x = held_out_normal[:20]
+
+    async def scores_in_process() -> dict[str, np.ndarray]:
+        pipeline = Pipeline(Settings(artifacts_dir=older), Metrics())
+        handle = await pipeline.load(older)
+        try:
+            assert set(handle.batchers) == {"encoder", "decoder", "scorer"}
+            return {v: (await handle.score(x, variant=v, mc_samples=4, seed=7))[f"{v}_score"] for v in VARIANTS}
+        finally:
+            await pipeline.shutdown()
+
+    for variant, values in asyncio.run(scores_in_process()).items():
+        served = [r["score"] for r in score(server, x, score=variant, mc_samples=4, seed=7)]
+        np.testing.assert_allclose(values, served, rtol=1e-6, err_msg=variant)

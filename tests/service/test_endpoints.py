@@ -132,8 +132,9 @@ def test_concurrent_requests_are_merged_into_batches(server: ServerProcess, test
 
     assert asyncio.run(burst()) == [200] * 64
     text = httpx.get(server.url + "/metrics").text
-    count = _sample(text, 'vaeserve_batch_size_items_count{graph="scorer"}')
-    singles = _sample(text, 'vaeserve_batch_size_items_bucket{graph="scorer",le="1.0"}')
+    # The default variant (elbo) is computed by the scorer without the neighbour bank.
+    count = _sample(text, 'vaeserve_batch_size_items_count{graph="scorer_core"}')
+    singles = _sample(text, 'vaeserve_batch_size_items_bucket{graph="scorer_core",le="1.0"}')
     assert count > 0 and count - singles > 0, "some executed batches held more than one item"
 
 

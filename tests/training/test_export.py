@@ -19,16 +19,17 @@ def test_manifest_records_contract_parity_and_calibration(artifacts_dir: Path) -
     assert manifest["schema_version"] == SCHEMA_VERSION
     assert manifest["model"] == {**manifest["model"], "name": "tiny-vae", "version": "1"}
     assert manifest["input"]["shape"] == [1, 28, 28] and manifest["input"]["range"] == [0.0, 1.0]
-    assert set(manifest["graphs"]) == {"encoder", "decoder", "scorer"}
+    graphs = {"encoder", "decoder", "scorer", "scorer_core"}
+    assert set(manifest["graphs"]) == graphs
     for table in ("max_abs_diff", "max_scaled_diff"):
-        assert set(manifest["parity"][table]) == {"encoder", "decoder", "scorer"}
+        assert set(manifest["parity"][table]) == graphs
         for graph in manifest["parity"][table].values():
             assert graph["onnxruntime"] <= 1e-4 and graph["torchscript"] <= 1e-4
     assert manifest["parity"]["batch_sizes"] == [1, 7, 256]
     elbo = manifest["calibration"]["variants"]["elbo"]
     assert elbo["p50"] < elbo["p90"] < elbo["p99"] <= elbo["p99.9"]
     assert np.all(np.diff(elbo["quantiles"]) >= 0)
-    assert set(manifest["files"]) == {f"{g}.{e}" for g in ("encoder", "decoder", "scorer") for e in ("onnx", "pt")}
+    assert set(manifest["files"]) == {f"{g}.{e}" for g in graphs for e in ("onnx", "pt")}
     assert len(manifest["latent"]["kl_per_dim"]) == 8
 
 
@@ -46,6 +47,17 @@ def test_onnx_scorer_equals_pytorch_negative_elbo_for_the_same_noise(artifacts_d
     assert np.mean(iwae) <= np.mean(elbo)  # the IWAE bound is tighter
     np.testing.assert_allclose(feature_nll.sum(1), recon, rtol=1e-9)  # explanations sum to the reconstruction term
     np.testing.assert_allclose(recon + kl, elbo, rtol=1e-12)
+
+
+def test_scorer_core_is_the_scorer_without_the_neighbour_outputs(artifacts_dir: Path, test_images) -> None:  # type: ignore[no-untyped-def]
+    feeds = {"x": test_images, "eps": np.random.default_rng(1).standard_normal((len(test_images), 4, 8), dtype=np.float32)}
+    outputs = {}
+    for graph in ("scorer", "scorer_core"):
+        session = ort.InferenceSession(str(artifacts_dir / f"{graph}.onnx"))
+        outputs[graph] = dict(zip([o.name for o in session.get_outputs()], session.run(None, feeds)))
+    assert set(outputs["scorer"]) - set(outputs["scorer_core"]) == {"knn_score", "elbo_knn_score"}
+    for name, values in outputs["scorer_core"].items():
+        np.testing.assert_allclose(values, outputs["scorer"][name], rtol=1e-6, err_msg=name)
 
 
 def test_dynamic_batch_and_k_axes(artifacts_dir: Path) -> None:
