@@ -55,10 +55,11 @@ def main() -> None:
     parser.add_argument("--architecture", choices=["mlp", "conv"], default="mlp")
     parser.add_argument("--ema-decay", default=None, help="passed to `vaeserve train` (default: its default)")
     parser.add_argument("--jobs", type=int, default=1, help="classes run at once, one CPU thread each")
+    parser.add_argument("--seed", type=int, default=0, help="training seed (initialization, shuffling, noise)")
     args = parser.parse_args()
     train_args = ["--likelihood", "gaussian", "--epochs", str(args.epochs), "--latent-dim", str(args.latent_dim),
                   "--hidden", *args.hidden.split(), "--architecture", args.architecture, "--precision", "bf16",
-                  "--batch-size", "128", "--seed", "0",
+                  "--batch-size", "128", "--seed", str(args.seed),
                   *(["--ema-decay", args.ema_decay] if args.ema_decay is not None else [])]
     rows: dict[int, dict[str, float]] = {}
     with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn"),
