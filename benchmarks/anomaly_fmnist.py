@@ -5,8 +5,9 @@ the other nine as anomalies. Scores come from the exported graphs (ONNX Runtime)
     .venv/bin/python benchmarks/anomaly_fmnist.py [--epochs 20] [--classes 0 1 ...] [--architecture conv]
 
 Measured here (mean AUROC over 10 classes): conv (--architecture conv --hidden 256 --epochs 60
---jobs 2, ~170-190 s a class, two at a time): elbo 91.32, iwae 91.24, elbo_latent 92.76, elbo_knn 94.00, the
-target (--seed 1: 91.22, 91.13, 92.62, 94.09); elbo_knn is above elbo_latent in every class (shirt, 86.0, is the weakest). Before elbo_knn:
+--jobs 2, ~170-190 s a class, two at a time): elbo 91.32, iwae 91.24, elbo_latent 92.76, elbo_knn
+94.00, the target (--seed 1: 91.22, 91.13, 92.62, 94.09); elbo_knn is above elbo_latent in every
+class (shirt, 86.0, is the weakest). Before elbo_knn:
 MLP 512-256, 20 epochs, elbo 89.8 / elbo_latent 91.6; MLP 60 epochs (weight average 0.999) 90.7 / 91.9.
 Per class, run to run, AUROCs move by about a point when the training code changes (e.g. fused Adam).
 """

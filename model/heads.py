@@ -144,7 +144,7 @@ GRAPH_IO: dict[str, tuple[list[str], list[str]]] = {
     "decoder": (["z"], ["x_mean"]),
     "scorer": (["x", "eps"], SCORER_OUTPUTS),
     # The scorer without the neighbour bank, for every request that does not ask for a neighbour
-    # score: on one CPU thread it scores 1.1-1.2x as many items a second at K=16, 1.5-1.6x at K=1.
+    # score: it scores 1.06-1.16x as many items a second at K=16, 1.5-1.9x at K=1 (benchmarks/scorer_graphs.py).
     "scorer_core": (["x", "eps"], [name for name in SCORER_OUTPUTS if name not in NEIGHBOUR_OUTPUTS]),
 }
 # The variants offered and calibrated. latent_score and knn_score alone are outputs (for v2 users)
