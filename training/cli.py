@@ -76,9 +76,13 @@ def _build_parser() -> argparse.ArgumentParser:
     export = sub.add_parser("export", help="export ONNX + TorchScript graphs, parity-check, write manifest.json",
                             formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     export.add_argument("--checkpoint", type=Path, default=DEFAULT_RUN_DIR / "best.pt", help="checkpoint to export")
-    export.add_argument("--out", type=Path, default=DEFAULT_ARTIFACTS, help="artifacts folder the service loads")
+    export.add_argument("--out", type=Path, default=None,
+                        help=f"artifacts folder the service loads (default {DEFAULT_ARTIFACTS}; not with --repository)")
+    export.add_argument("--repository", type=Path, default=None,
+                        help="model repository: write a new version to <repository>/<name>/<version>/")
     export.add_argument("--name", default="fashion-mnist-vae", help="model name reported by the service")
-    export.add_argument("--version", default=None, help="model version (default: UTC timestamp)")
+    export.add_argument("--version", default=None,
+                        help="model version (default: the next integer in a repository, else a UTC timestamp)")
 
     serve = sub.add_parser("serve", help="serve exported artifacts over HTTP (settings also from VAESERVE_* variables)",
                            formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -186,6 +190,7 @@ def _evaluate(args: argparse.Namespace) -> int:
 def _export(args: argparse.Namespace) -> int:
     from datetime import datetime, timezone
 
+    from model.repository import check_name, next_version, version_dir
     from training.checkpoint import load_checkpoint
     from training.data import DataSpec, load_dataset
     from training.export import export_model
@@ -194,10 +199,19 @@ def _export(args: argparse.Namespace) -> int:
     data = load_dataset(DataSpec.from_dict(payload["data_spec"]))
     evaluation = args.checkpoint.parent / "evaluation.json"
     metrics = json.loads(evaluation.read_text()) if evaluation.is_file() else {}
-    version = args.version or datetime.now(timezone.utc).strftime("%Y%m%d%H%M%S")
-    manifest = export_model(model, payload, args.out, train_x=data.train_x, val_x=data.val_x, name=args.name,
+    if args.repository is not None:
+        if args.out is not None:
+            raise SystemExit("export: give --out or --repository, not both")
+        version = args.version or next_version(args.repository, check_name(args.name))
+        out = version_dir(args.repository, args.name, version)
+        if out.exists():
+            raise SystemExit(f"export: {out} already exists; versions are immutable, pick another --version")
+    else:
+        version = args.version or datetime.now(timezone.utc).strftime("%Y%m%d%H%M%S")
+        out = args.out or DEFAULT_ARTIFACTS
+    manifest = export_model(model, payload, out, train_x=data.train_x, val_x=data.val_x, name=args.name,
                             version=version, metrics=metrics)
-    print(json.dumps({"artifacts": str(args.out), "model": manifest["model"], "parity": manifest["parity"]}, indent=2))
+    print(json.dumps({"artifacts": str(out), "model": manifest["model"], "parity": manifest["parity"]}, indent=2))
     return 0
 
 
