@@ -108,6 +108,7 @@ class ScoreGraph(nn.Module):
     knn_score          = mean distance of the encoder features to the k nearest normal items (B,)
     elbo_knn_score     = standardized elbo_score + standardized knn_score (B,)
     feature_nll        = -(1/K) sum_k log p(x_f|z_k)        (B, F) sums to reconstruction_nll
+    mu                 = the posterior mean, float32         (B, D) for the service's drift windows
     """
 
     def __init__(self, vae: VAE, standardize: Standardize, reference: NormalReference, *,
@@ -129,15 +130,16 @@ class ScoreGraph(nn.Module):
         standard_elbo = ref.standardized(elbo_score, ref.elbo_scale)
         elbo_latent_score = standard_elbo + ref.standardized(latent_score, ref.latent_scale)
         scores = (reconstruction_nll, kl, elbo_score, iwae_score, latent_score, elbo_latent_score)
+        mu = terms.mu.float()  # (B, D): what /encode returns, so drift sees the same means for both
         if not self.neighbours:  # a Python flag, fixed when the graph is traced
-            return (*scores, feature_nll)
+            return (*scores, feature_nll, mu)
         knn_score = knn_distance(ref.bank_coordinates(terms.features), ref.feature_bank, NEIGHBORS)
         elbo_knn_score = standard_elbo + ref.standardized(knn_score, ref.knn_scale)
-        return (*scores, knn_score, elbo_knn_score, feature_nll)
+        return (*scores, knn_score, elbo_knn_score, feature_nll, mu)
 
 
 SCORER_OUTPUTS = ["reconstruction_nll", "kl", "elbo_score", "iwae_score", "latent_score", "elbo_latent_score",
-                  "knn_score", "elbo_knn_score", "feature_nll"]
+                  "knn_score", "elbo_knn_score", "feature_nll", "mu"]
 NEIGHBOUR_OUTPUTS = ("knn_score", "elbo_knn_score")
 GRAPH_IO: dict[str, tuple[list[str], list[str]]] = {
     "encoder": (["x"], ["mu", "log_var"]),

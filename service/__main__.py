@@ -14,6 +14,7 @@ import uvicorn
 from fastapi import FastAPI
 
 from service.app import create_app
+from service.requestlog import configure_logging
 from service.settings import Settings
 
 log = logging.getLogger("vaeserve.shutdown")
@@ -22,7 +23,7 @@ log = logging.getLogger("vaeserve.shutdown")
 class GracefulServer(uvicorn.Server):
     """uvicorn that stops in the order a load balancer needs.
 
-    On the first SIGTERM/SIGINT the pipeline stops accepting: /readyz and new requests answer 503 at
+    On the first SIGTERM/SIGINT the registry stops accepting: /readyz and new requests answer 503 at
     once (nginx retries them on another replica). After `shutdown_grace_s` uvicorn closes the port,
     waits up to `shutdown_drain_timeout_s` for the requests already accepted, and the app's lifespan
     drains the batch queues. A second signal skips what is left of the grace period.
@@ -42,8 +43,8 @@ class GracefulServer(uvicorn.Server):
         if self.signalled_at is None:
             self.signalled_at = time.monotonic()
             self._signal = signal.Signals(sig)
-            self.app.state.pipeline.accepting = False
-            handle = self.app.state.pipeline.handle
+            self.app.state.registry.accepting = False
+            handle = self.app.state.registry.handle
             self._in_flight = handle.active_requests if handle is not None else 0
             if self.grace_s > 0:
                 return
@@ -68,7 +69,9 @@ class GracefulServer(uvicorn.Server):
 
 def serve(overrides: dict[str, Any] | None = None) -> int:
     settings = Settings(**(overrides or {}))
-    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(settings.access_log)  # first: every record from here on has request_id
+    logging.basicConfig(level=settings.log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s [%(request_id)s]: %(message)s")
     if settings.shutdown_drain_timeout_s < settings.request_timeout_s:
         log.warning("shutdown_drain_timeout_s (%.1fs) < request_timeout_s (%.1fs): a shutdown may cut off requests "
                     "it accepted (they get 500)", settings.shutdown_drain_timeout_s, settings.request_timeout_s)

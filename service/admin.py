@@ -1,4 +1,4 @@
-"""Model management: hot reload of a new artifact version (protected by admin keys)."""
+"""Model management: hot reload and repository rescans (protected by admin keys)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,9 @@ from typing import Any
 from fastapi import APIRouter, Request
 from pydantic import Field
 
-from service.deps import PipelineDep, read_request, validate_options
-from service.errors import Conflict
+from service.deps import RegistryDep, read_request, validate_options
+from service.errors import Conflict, InvalidInput
+from service.registry import LOAD_ERRORS
 from service.schemas import ErrorResponse, Options
 
 router = APIRouter(prefix="/admin", tags=["admin"])
@@ -18,29 +19,24 @@ log = logging.getLogger("vaeserve.admin")
 
 
 class ReloadRequest(Options):
-    artifacts_dir: str | None = Field(None, description="folder to load (default: the configured artifacts_dir)")
+    artifacts_dir: str | None = Field(None, description="folder to load (default: the configured artifacts_dir; not with a model repository)")
 
 
-async def reload_model(request: Request, artifacts_dir: Path) -> dict[str, Any]:
-    """Load, verify and warm artifacts beside the serving model, then switch; refuse broken ones."""
-    from service.app import LOAD_ERRORS  # one list of load failures, shared with start-up
-
-    pipeline = request.app.state.pipeline
-    previous = pipeline.handle.ref if pipeline.handle else None
-    try:
-        handle = await pipeline.load(artifacts_dir)
-    except LOAD_ERRORS as exc:
-        log.error("reload refused, still serving %s: %s", previous, exc)
-        raise Conflict(f"reload refused ({exc}); still serving {previous}") from None
-    request.app.state.load_error = None
-    request.app.state.metrics.ready.set(1)
-    return {"model": handle.ref, "previous": previous, "artifacts_dir": str(artifacts_dir)}
-
-
-@router.post("/reload", summary="Load a new artifact version beside the old one, warm it, switch atomically",
+@router.post("/reload", summary="Rescan the model repository, or load a new artifacts folder beside the old one; "
+                                "new versions are verified and warmed before they take traffic",
              responses={409: {"model": ErrorResponse}, 401: {"model": ErrorResponse}, 403: {"model": ErrorResponse}})
-async def reload(request: Request, pipeline: PipelineDep) -> dict[str, Any]:
+async def reload(request: Request, registry: RegistryDep) -> dict[str, Any]:
     settings = request.app.state.settings
     body = await read_request(request, settings) if request.headers.get("content-length", "0") != "0" else {}
     options = validate_options(ReloadRequest, body)
-    return await reload_model(request, Path(options.artifacts_dir) if options.artifacts_dir else settings.artifacts_dir)
+    previous = registry.handle.ref if registry.handle else None
+    if options.artifacts_dir and settings.model_repository is not None:
+        raise InvalidInput("artifacts_dir: the service serves a model repository, which is rescanned as a whole; "
+                           "drop a new version folder into it and reload without a body")
+    try:
+        result = await registry.reload(Path(options.artifacts_dir) if options.artifacts_dir else None)
+    except LOAD_ERRORS as exc:
+        log.error("reload refused, still serving %s: %s", previous, exc)
+        raise Conflict(f"reload refused ({exc}); still serving {previous}") from None
+    return {**result, "previous": previous,
+            "artifacts_dir": options.artifacts_dir or str(settings.model_repository or settings.artifacts_dir)}

@@ -1,4 +1,4 @@
-"""The routes: parse and validate, call the pipeline, shape the answer. No queues, no torch."""
+"""The routes: parse and validate, call a model handle, shape the answer. No queues, no torch."""
 
 from __future__ import annotations
 
@@ -9,12 +9,15 @@ import numpy as np
 import orjson
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
+from fastapi.routing import APIRoute
 
+from model.conformal import benjamini_hochberg
 from service import schemas
 from service.deps import (
     NPY,
     SettingsDep,
     app_services,
+    model_address,
     npy_bytes,
     read_request,
     unless_disconnected,
@@ -24,6 +27,7 @@ from service.deps import (
 from service.errors import InvalidInput, NotAcceptable, PayloadTooLarge
 from service.inputs import format_items, heatmap_png, parse_items, parse_latents
 from service.pipeline import ModelHandle
+from service.requestlog import note_work
 
 router = APIRouter()
 ERRORS: dict[int | str, dict[str, Any]] = {
@@ -66,11 +70,12 @@ def _inputs(data: dict[str, Any], handle: ModelHandle, settings: SettingsDep) ->
 @router.post("/encode", response_model=schemas.EncodeResponse, responses=ERRORS,
              openapi_extra=items_body_doc(schemas.EncodeRequest), summary="Posterior mean and log-variance per item")
 async def encode(request: Request) -> Response:
-    pipeline, settings = app_services(request)
+    registry, settings = app_services(request)
     data = await read_request(request, settings)
-    async with pipeline.use() as handle:
+    async with registry.use(*model_address(request)) as handle:
         x, _ = _inputs(data, handle, settings)
         options = validate_options(schemas.EncodeOptions, data)
+        note_work(handle.ref, items=len(x))
         out = await unless_disconnected(request, handle.encode(x, sample=options.sample, seed=options.seed or 0),
                                         size=len(x))
     payload = {"model": handle.ref, "mu": out["mu"], "log_var": out["log_var"]}
@@ -82,11 +87,12 @@ async def encode(request: Request) -> Response:
 @router.post("/reconstruct", response_model=schemas.ReconstructResponse, responses=ERRORS,
              openapi_extra=items_body_doc(schemas.ReconstructRequest), summary="Decoder mean at the posterior mean")
 async def reconstruct(request: Request) -> Response:
-    pipeline, settings = app_services(request)
+    registry, settings = app_services(request)
     data = await read_request(request, settings)
-    async with pipeline.use() as handle:
+    async with registry.use(*model_address(request)) as handle:
         x, layout = _inputs(data, handle, settings)
         validate_options(schemas.Options, data)
+        note_work(handle.ref, items=len(x))
         recon = await unless_disconnected(request, handle.reconstruct(x), size=len(x))
     return answer(request, {"model": handle.ref,
                             "reconstructions": format_items(recon, layout=layout, spec=handle.spec)}, npy=recon)
@@ -97,14 +103,15 @@ async def reconstruct(request: Request) -> Response:
              responses={**ERRORS, 200: {"content": {"application/json": {}, "image/png": {}},
                                         "description": "samples (JSON) or a PNG grid with Accept: image/png"}})
 async def sample(request: Request) -> Response:
-    pipeline, settings = app_services(request)
+    registry, settings = app_services(request)
     options = validate_options(schemas.SampleRequest, await read_request(request, settings))
     if options.n > settings.max_sample_n:
         raise PayloadTooLarge(f"n: {options.n} exceeds the limit of {settings.max_sample_n}")
     wants_png = "image/png" in request.headers.get("accept", "")
-    async with pipeline.use() as handle:
+    async with registry.use(*model_address(request)) as handle:
         if wants_png and not handle.spec.is_image:
             raise NotAcceptable("image/png is only available for image models")
+        note_work(handle.ref, items=options.n)
         z, samples = await unless_disconnected(
             request, handle.sample(n=options.n, seed=options.seed, temperature=options.temperature), size=options.n)
     if wants_png:
@@ -116,12 +123,13 @@ async def sample(request: Request) -> Response:
 @router.post("/interpolate", response_model=schemas.InterpolateResponse, responses=ERRORS,
              openapi_extra=body_doc(schemas.InterpolateRequest), summary="Decode a path between two points")
 async def interpolate(request: Request) -> Response:
-    pipeline, settings = app_services(request)
+    registry, settings = app_services(request)
     data = await read_request(request, settings)
     ends = {k: data.pop(k) for k in ("start", "end") if k in data and data[k] is not None}
     data = {k: v for k, v in data.items() if k not in ("start", "end")}
     options = validate_options(schemas.InterpolateOptions, data)
-    async with pipeline.use() as handle:
+    async with registry.use(*model_address(request)) as handle:
+        note_work(handle.ref, items=options.steps + len(ends))
         z = {}
         for name in ("start", "end"):
             latent = getattr(options, f"z_{name}")
@@ -142,34 +150,55 @@ async def interpolate(request: Request) -> Response:
 @router.post("/anomaly-score", response_model=schemas.AnomalyScoreResponse, responses=ERRORS,
              openapi_extra=items_body_doc(schemas.AnomalyScoreRequest), summary="Anomaly score (-ELBO by default) per item")
 async def anomaly_score(request: Request) -> Response:
-    pipeline, settings = app_services(request)
+    registry, settings = app_services(request)
     data = await read_request(request, settings)
-    async with pipeline.use() as handle:
+    async with registry.use(*model_address(request)) as handle:
         x, _ = _inputs(data, handle, settings)
         options = validate_options(schemas.AnomalyScoreOptions, data)
         if options.heatmap and not handle.spec.is_image:
             raise InvalidInput("heatmap: only image models have pixels to draw; use explain for feature NLLs")
         if options.mc_samples > settings.max_mc_samples:
             raise InvalidInput(f"mc_samples: {options.mc_samples} exceeds the limit of {settings.max_mc_samples}")
+        if options.fdr is not None and (options.target_fpr is not None or options.contamination is not None):
+            raise InvalidInput("fdr: flags by Benjamini-Hochberg instead of a threshold; give it without "
+                               "target_fpr and contamination")
+        if options.fdr is not None and handle.conformal.method(options.score) is None:
+            raise InvalidInput(f"fdr: the model has no calibration scores for variant {options.score!r}")
         threshold, quantile = handle.threshold(options.score, target_fpr=options.target_fpr,
                                                contamination=options.contamination)
+        note_work(handle.ref, items=len(x), mc_samples=options.mc_samples)
         scoring = handle.score(x, variant=options.score, mc_samples=options.mc_samples, seed=options.seed)
         out = await unless_disconnected(request, scoring, size=len(x) * options.mc_samples)
-    scores = out[f"{options.score}_score"]
+        scores = out[f"{options.score}_score"]
+        registry.mirror_scores(handle, x=x, variant=options.score, mc_samples=options.mc_samples, seed=options.seed,
+                               scores=scores)
     percentiles = handle.percentiles(options.score, scores)
-    histogram = pipeline.metrics.anomaly_score.labels(variant=options.score)
+    p_values = handle.conformal.p_values(options.score, scores)  # None: a variant without calibration
+    flags, cutoff = scores > threshold, None
+    shown: tuple[float | None, float | None] = (threshold, quantile)
+    if options.fdr is not None and p_values is not None:
+        # BH flags the items with p <= cutoff; as a score, that is "at least the lowest flagged score".
+        flags, cutoff = benjamini_hochberg(p_values, options.fdr)
+        flagged = scores[flags]
+        shown = (float(flagged.min()) if len(flagged) else None), None
+    p_list = p_values.tolist() if p_values is not None else [None] * len(scores)
+    flag_list = flags.tolist()
+    histogram = registry.metrics.anomaly_score.labels(model=handle.name, version=handle.version, variant=options.score)
     results = []
     for i, value in enumerate(scores.tolist()):
         histogram.observe(value)
         result = {"score": value, "reconstruction_nll": float(out["reconstruction_nll"][i]), "kl": float(out["kl"][i]),
-                  "percentile": float(percentiles[i]), "threshold": threshold, "is_anomaly": value > threshold}
+                  "percentile": float(percentiles[i]), "p_value": p_list[i],
+                  "threshold": shown[0], "is_anomaly": flag_list[i]}
         if options.explain:
             result["feature_nll"] = out["feature_nll"][i]
         if options.heatmap:
             result["heatmap_png"] = heatmap_png(out["feature_nll"][i], spec=handle.spec)
         results.append(result)
     return answer(request, {"model": handle.ref, "score_variant": options.score, "mc_samples": options.mc_samples,
-                            "seed": options.seed, "threshold_quantile": quantile, "results": results}, npy=scores)
+                            "seed": options.seed, "threshold_quantile": shown[1],
+                            "p_value_method": handle.conformal.method(options.score), "fdr": options.fdr,
+                            "p_value_cutoff": cutoff, "results": results}, npy=scores)
 
 
 def _png_grid(samples: np.ndarray, *, shape: tuple[int, ...]) -> bytes:
@@ -188,6 +217,27 @@ def _png_grid(samples: np.ndarray, *, shape: tuple[int, ...]) -> bytes:
     return buffer.getvalue()
 
 
-# The routes the fast lane (service/fastlane.py) dispatches to directly.
+# The routes the fast lane (service/fastlane.py) dispatches to directly, also under MODEL_PREFIXES.
 HOT_HANDLERS = {"/encode": encode, "/reconstruct": reconstruct, "/sample": sample, "/interpolate": interpolate,
                 "/anomaly-score": anomaly_score}
+MODEL_PREFIXES = ("/models/{name}", "/models/{name}/versions/{version}")
+_PATH_PARAMS = {"name": "model name (GET /models lists them)", "version": "version folder name"}
+_PINNING = {"name": "X-Model-Version", "in": "header", "required": False, "schema": {"type": "string"},
+            "description": "pin a version (canary and default routing do not apply)"}
+
+
+def _add_model_routes() -> None:
+    """The same handlers and documentation for one named model (and one version of it)."""
+    for route in [r for r in router.routes if isinstance(r, APIRoute) and r.path in HOT_HANDLERS]:
+        for prefix in MODEL_PREFIXES:
+            names = [n for n in _PATH_PARAMS if "{" + n + "}" in prefix]
+            params = [{"name": n, "in": "path", "required": True, "schema": {"type": "string"},
+                       "description": _PATH_PARAMS[n]} for n in names]
+            extra = {**(route.openapi_extra or {}), "parameters": params + ([] if "version" in names else [_PINNING])}
+            router.add_api_route(prefix + route.path, route.endpoint, methods=["POST"], tags=["models"],
+                                 response_model=route.response_model, responses=route.responses,
+                                 openapi_extra=extra, summary=f"{route.summary} (one model)",
+                                 name=f"{route.name}_{'version' if 'version' in names else 'model'}")
+
+
+_add_model_routes()

@@ -18,59 +18,47 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from model.manifest import ArtifactError
-from service import admin, api, ops, schemas, v2, web
+from service import admin, api, drift, models, ops, schemas, v2, web
 from service.errors import ServiceError, error_response, internal_error_response, json_error
 from service.fastlane import FastLane
 from service.metrics import Metrics
-from service.pipeline import Pipeline
+from service.quotas import QuotaMiddleware, load_keys_and_quotas, reload_keys_and_quotas
+from service.registry import LOAD_ERRORS, ModelRegistry
+from service.requestlog import RequestContextMiddleware, configure_logging, current_request
 from service.security import ApiKeyMiddleware
 from service.settings import Settings
+from service.tracing import make_tracer
 
 log = logging.getLogger("vaeserve.app")
 ENDPOINTS = {"/encode", "/reconstruct", "/sample", "/interpolate", "/anomaly-score", "/healthz", "/readyz",
-             "/metrics", "/model", "/admin/reload", "/"}
+             "/metrics", "/model", "/models", "/admin/reload", "/drift", "/"}
+MODEL_OPERATIONS = {"/encode", "/reconstruct", "/sample", "/interpolate", "/anomaly-score"}
 REJECTION_REASONS = {413: "too_large", 429: "queue_full", 503: "not_ready", 504: "timeout"}
-
-
-LOAD_ERRORS = (ArtifactError, OSError, ValueError, KeyError, TypeError)
-
-
-async def load_model(app: FastAPI) -> None:
-    """Verify, load and warm the artifacts off the event loop, then start serving them."""
-    try:
-        await app.state.pipeline.load(app.state.settings.artifacts_dir)
-    except LOAD_ERRORS as exc:
-        app.state.load_error = str(exc)
-        log.error("model not loaded, service not ready: %s", exc)
-        return
-    app.state.load_error = None
-    app.state.metrics.ready.set(1)
 
 
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     # Load in the background: the port opens at once, /healthz answers, /readyz says 503 until warm.
     loop = asyncio.get_running_loop()
-    loading = loop.create_task(load_model(app))
+    loading = loop.create_task(app.state.registry.start())
     _reload_on_sighup(app, loop)
     yield
     if not loading.done():
         loading.cancel()
     app.state.metrics.ready.set(0)
-    drained = await app.state.pipeline.shutdown()
+    drained = await app.state.registry.shutdown()
     log.info("shutdown: queues %s", "drained" if drained else "not drained in time")
 
 
 def _reload_on_sighup(app: FastAPI, loop: asyncio.AbstractEventLoop) -> None:
-    """SIGHUP reloads the configured artifacts_dir (same checks as POST /admin/reload)."""
+    """SIGHUP rescans the model repository or reloads artifacts_dir (same checks as POST
+    /admin/reload), and re-reads the API key file and the key quotas."""
     async def reload() -> None:
+        reload_keys_and_quotas(app.state)
         try:
-            await app.state.pipeline.load(app.state.settings.artifacts_dir)
-            app.state.load_error = None
-            app.state.metrics.ready.set(1)
+            await app.state.registry.reload()
         except LOAD_ERRORS as exc:
-            log.error("SIGHUP reload refused, old model keeps serving: %s", exc)
+            log.error("SIGHUP reload refused, the loaded models keep serving: %s", exc)
 
     try:
         loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(reload()))
@@ -82,6 +70,9 @@ def endpoint_label(path: str) -> str:
     """A bounded set of metric labels: known routes, v2 inference, or other."""
     if path in ENDPOINTS:
         return path
+    if path.startswith("/models"):  # one label per operation, whichever model: bounded
+        operation = "/" + path.rsplit("/", 1)[-1]
+        return operation if operation in MODEL_OPERATIONS else "/models"
     if path.startswith("/v2/"):
         return "/v2/infer" if path.endswith("/infer") else "/v2"
     return "other"
@@ -119,7 +110,9 @@ class MetricsMiddleware:
                 counter = self.counters[(endpoint, status)] = self.metrics.requests.labels(endpoint=endpoint, status=str(status))
             counter.inc()
             if status in REJECTION_REASONS:
-                self.metrics.rejections.labels(reason=REJECTION_REASONS[status]).inc()
+                record = current_request()  # a 429 can be a key's quota rather than a full queue
+                reason = record.rejection if record is not None and record.rejection else REJECTION_REASONS[status]
+                self.metrics.rejections.labels(reason=reason).inc()
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -161,8 +154,9 @@ def custom_openapi(app: FastAPI) -> dict[str, Any]:
     return schema
 
 
-def create_app(settings: Settings) -> FastAPI:
-    """The application; the model loads in the lifespan, so /readyz is 503 until it is warm."""
+def create_app(settings: Settings, *, tracer_provider: Any = None) -> FastAPI:
+    """The application; the model loads in the lifespan, so /readyz is 503 until it is warm.
+    tracer_provider: an OpenTelemetry SDK provider to trace on (tests), instead of the OTLP exporter."""
     # FastAPI's OpenTelemetry hooks look up the global providers on every request (7% of a
     # single-item request's time, py-spy); the service reports through Prometheus instead.
     app = FastAPI(title="vaeserve", version="0.1.0", lifespan=lifespan,
@@ -171,20 +165,30 @@ def create_app(settings: Settings) -> FastAPI:
     metrics = Metrics()
     app.state.settings = settings
     app.state.metrics = metrics
-    app.state.pipeline = Pipeline(settings, metrics)
-    app.state.load_error = None
+    app.state.registry = ModelRegistry(settings, metrics)
+    app.state.keyring, app.state.quotas = load_keys_and_quotas(settings)  # ValueError: a bad quota file
+    configure_logging(settings.access_log)
+    tracer = make_tracer(settings, tracer_provider)
+    app.state.drift = app.state.registry.drift  # GET /drift
+    metrics.registry.register(app.state.drift)  # drift gauges, computed at scrape time
     install_error_handlers(app)
     app.include_router(api.router)  # first: the hot routes are matched first
     app.include_router(ops.router)
+    app.include_router(models.router)
     app.include_router(web.router)
     app.include_router(v2.router)
     app.include_router(admin.router)
+    app.include_router(drift.router)
     app.add_middleware(FastLane, handlers=api.HOT_HANDLERS)  # innermost: CORS, keys and metrics still apply
     if settings.cors_allow_origins:
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_allow_origins, allow_methods=["GET", "POST"],
-                           allow_headers=["Authorization", "Content-Type", "Accept"])
-    app.add_middleware(ApiKeyMiddleware, api_keys=settings.accepted_api_keys(),
-                       admin_api_keys=settings.admin_api_keys, protect_metrics=settings.metrics_require_key)
-    app.add_middleware(MetricsMiddleware, metrics=metrics)  # outermost: counts refusals too
+                           allow_headers=["Authorization", "Content-Type", "Accept", "X-Request-ID", "traceparent"],
+                           expose_headers=["X-Request-ID", "Retry-After", "RateLimit-Limit", "RateLimit-Remaining",
+                                           "RateLimit-Reset"])
+    app.add_middleware(QuotaMiddleware, state=app.state, metrics=metrics)  # inside the key check: valid keys only
+    app.add_middleware(ApiKeyMiddleware, keyring=app.state.keyring, protect_metrics=settings.metrics_require_key)
+    app.add_middleware(MetricsMiddleware, metrics=metrics)  # counts refusals too
+    # Outermost: the request ID, access log line and span cover everything inside, refusals included.
+    app.add_middleware(RequestContextMiddleware, mode=settings.access_log, metrics=metrics, tracer=tracer)
     app.openapi = lambda: custom_openapi(app)  # type: ignore[method-assign]
     return app

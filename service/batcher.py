@@ -11,12 +11,14 @@ whose caller went away (cancelled future) is dropped before it is computed.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import math
 import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -26,6 +28,9 @@ Batch = dict[str, np.ndarray]
 # Admit a request only if the queue ahead of it should drain within this share of its timeout: the
 # measured rate is an estimate, and a request admitted only to time out helps nobody.
 ADMISSION_SHARE_OF_TIMEOUT = 0.5
+# Whatever the submitting task set here (its request's record) comes back in BatchStats.members, so
+# an observer can attribute a batch to the requests in it (queue and compute times, trace links).
+batch_member: contextvars.ContextVar[Any] = contextvars.ContextVar("vaeserve_batch_member", default=None)
 
 
 @dataclass
@@ -36,11 +41,23 @@ class _Chunk:
     future: asyncio.Future[Batch]
     enqueued_at: float
     deadline: float
+    member: Any
     # Per-item shapes, computed once: only chunks with equal ones can share a batch.
     item_shapes: tuple[tuple[int, ...], ...] = field(init=False)
 
     def __post_init__(self) -> None:
         self.item_shapes = tuple(v.shape[1:] for v in self.inputs.values())
+
+
+class QueueBudget:
+    """One queue bound shared by several batchers (all graphs and versions of one model), so a hot
+    model fills only its own budget and the other models keep being admitted."""
+
+    def __init__(self, max_items: int) -> None:
+        if max_items < 1:
+            raise ValueError(f"max_items must be >= 1, got {max_items}")
+        self.max_items = max_items
+        self.items = 0
 
 
 @dataclass
@@ -50,6 +67,8 @@ class BatchStats:
     size: int
     inference_s: float
     queue_waits_s: list[float] = field(default_factory=list)
+    started_at: float = 0.0  # time.monotonic() when the batch started
+    members: list[Any] = field(default_factory=list)  # per chunk, batch_member of its submitter
 
 
 class DynamicBatcher:
@@ -68,6 +87,7 @@ class DynamicBatcher:
         wait_when_idle: bool = False,
         on_batch: Callable[[BatchStats], None] | None = None,
         on_queue_depth: Callable[[int], None] | None = None,
+        budget: QueueBudget | None = None,
     ) -> None:
         if max_batch_size < 1:
             raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
@@ -79,6 +99,7 @@ class DynamicBatcher:
         self.max_batch_size = max_batch_size
         self.batch_wait_timeout_s = batch_wait_timeout_s
         self.max_queue_items = max_queue_items
+        self.budget = budget if budget is not None else QueueBudget(max_queue_items)
         self.request_timeout_s = request_timeout_s
         self.executor = executor
         # Items can cost more than one unit (e.g. K Monte Carlo samples each): batches and the
@@ -100,16 +121,17 @@ class DynamicBatcher:
     def start(self) -> None:
         """Start the batching loop on the running event loop."""
         if self._task is None:
-            self._task = asyncio.get_running_loop().create_task(self._loop())
+            # In an empty context: the loop outlives whichever request (a reload) happened to start it.
+            self._task = contextvars.Context().run(asyncio.get_running_loop().create_task, self._loop())
 
     async def submit(self, inputs: Batch) -> Batch:
         """Queue the items of one request and return its outputs, in order."""
         if self._closing or self._task is None:
             raise ModelNotReady("the service is shutting down or not started")
         size = len(next(iter(inputs.values())))
-        if self.queued_items + size > self.max_queue_items:
+        if self.budget.items + size > self.budget.max_items:
             raise Overloaded(
-                f"queue full ({self.queued_items} items queued, limit {self.max_queue_items}); retry later",
+                f"queue full ({self.budget.items} items queued, limit {self.budget.max_items}); retry later",
                 retry_after_s=self.retry_after_s(size),
             )
         unit = max(1, self.item_weight(inputs)) if self.item_weight else 1
@@ -121,15 +143,17 @@ class DynamicBatcher:
                 "retry later", retry_after_s=self.retry_after_s(size * unit))
         loop = asyncio.get_running_loop()
         now = time.monotonic()
+        member = batch_member.get()
         futures = []
         step = max(1, self.max_batch_size // unit)
         for start in range(0, size, step):
             part = {k: v[start:start + step] for k, v in inputs.items()}
             n = len(next(iter(part.values())))
-            chunk = _Chunk(part, n, n * unit, loop.create_future(), now, now + self.request_timeout_s)
+            chunk = _Chunk(part, n, n * unit, loop.create_future(), now, now + self.request_timeout_s, member)
             self._queue.append(chunk)
             futures.append(chunk.future)
         self.queued_items += size
+        self.budget.items += size
         self.queued_weight += size * unit
         self._report_depth()
         self._wakeup.set()
@@ -165,6 +189,8 @@ class DynamicBatcher:
             if not chunk.future.done():
                 chunk.future.set_exception(ModelNotReady("the service stopped before this item ran"))
         self._queue.clear()
+        self.budget.items -= self.queued_items
+        self.queued_items = self.queued_weight = 0
         return drained
 
     async def _loop(self) -> None:
@@ -214,6 +240,7 @@ class DynamicBatcher:
                 break
             chunk = self._queue.popleft()
             self.queued_items -= chunk.size
+            self.budget.items -= chunk.size
             self.queued_weight -= chunk.weight
             if chunk.future.done():  # the caller went away: do not compute it
                 continue
@@ -256,7 +283,8 @@ class DynamicBatcher:
                 chunk.future.set_result({k: v[offset:offset + chunk.size] for k, v in outputs.items()})
             offset += chunk.size
         if self.on_batch is not None:
-            self.on_batch(BatchStats(total, elapsed, [start - c.enqueued_at for c in chunks]))
+            self.on_batch(BatchStats(total, elapsed, [start - c.enqueued_at for c in chunks], start,
+                                     [c.member for c in chunks]))
 
     def _report_depth(self) -> None:
         if self.on_queue_depth is not None:

@@ -31,7 +31,10 @@ class FastLane:
         self.handlers = handlers
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        handler = self.handlers.get(scope["path"]) if scope["type"] == "http" and scope["method"] == "POST" else None
+        handler = None
+        if scope["type"] == "http" and scope["method"] == "POST":
+            path = scope["path"]
+            handler = self.handlers.get(path) or (self._model_route(scope, path) if path.startswith("/models/") else None)
         if handler is None:
             await self.app(scope, receive, send)
             return
@@ -44,3 +47,18 @@ class FastLane:
             response = internal_error_response()
         await send({"type": "http.response.start", "status": response.status_code, "headers": response.raw_headers})
         await send({"type": "http.response.body", "body": response.body})
+
+    def _model_route(self, scope: Scope, path: str) -> Handler | None:
+        """/models/{name}/{op} and /models/{name}/versions/{version}/{op}: the handler, with the
+        path parameters where the handlers (and FastAPI's own routing) put them."""
+        parts = path[len("/models/"):].split("/")
+        if len(parts) == 2 and parts[0]:
+            params = {"name": parts[0]}
+        elif len(parts) == 4 and parts[1] == "versions" and parts[0] and parts[2]:
+            params = {"name": parts[0], "version": parts[2]}
+        else:
+            return None
+        handler = self.handlers.get("/" + parts[-1])
+        if handler is not None:
+            scope["path_params"] = params
+        return handler

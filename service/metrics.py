@@ -20,23 +20,70 @@ class Metrics:
                                 ["endpoint", "status"], registry=r)
         self.request_latency = Histogram("vaeserve_request_latency_seconds", "Time from request to response",
                                          ["endpoint"], buckets=LATENCY_BUCKETS_S, registry=r)
+        # Per (model, version, graph): bounded by the loaded versions (children go when one unloads).
+        graph_labels = ["model", "version", "graph"]
         self.queue_wait = Histogram("vaeserve_queue_wait_seconds", "Time items wait in a batcher queue",
-                                    ["graph"], buckets=LATENCY_BUCKETS_S, registry=r)
+                                    graph_labels, buckets=LATENCY_BUCKETS_S, registry=r)
         self.inference_time = Histogram("vaeserve_inference_seconds", "Time to run one batch through a graph",
-                                        ["graph"], buckets=LATENCY_BUCKETS_S, registry=r)
+                                        graph_labels, buckets=LATENCY_BUCKETS_S, registry=r)
         self.batch_size = Histogram("vaeserve_batch_size_items", "Items per executed batch",
-                                    ["graph"], buckets=BATCH_SIZE_BUCKETS, registry=r)
-        self.queue_depth = Gauge("vaeserve_queue_depth_items", "Items waiting in a batcher queue", ["graph"], registry=r)
+                                    graph_labels, buckets=BATCH_SIZE_BUCKETS, registry=r)
+        self.queue_depth = Gauge("vaeserve_queue_depth_items", "Items waiting in a batcher queue", graph_labels, registry=r)
         self.rejections = Counter("vaeserve_rejections_total", "Requests refused, by reason", ["reason"], registry=r)
         self.anomaly_score = Histogram("vaeserve_anomaly_score_nats", "Anomaly scores served (for drift dashboards)",
-                                       ["variant"], buckets=SCORE_BUCKETS, registry=r)
-        self.model_info = Gauge("vaeserve_model_info", "The loaded model (value is always 1)",
+                                       ["model", "version", "variant"], buckets=SCORE_BUCKETS, registry=r)
+        self.model_info = Gauge("vaeserve_model_info", "A loaded model version (value is always 1)",
                                 ["name", "version", "backend", "device"], registry=r)
         self.ready = Gauge("vaeserve_ready", "1 when the model is verified, warmed up and serving", registry=r)
+        # Autoscaling (deploy/k8s/custom-metrics) and per-key quotas (service/quotas.py: key *names*, never keys).
+        self.in_flight = Gauge("vaeserve_in_flight_requests", "Requests being handled (probes and scrapes excluded)",
+                               registry=r)
+        self.key_requests = Counter("vaeserve_key_requests_total", "Requests admitted per API key name", ["key"],
+                                    registry=r)
+        self.key_item_samples = Counter("vaeserve_key_item_samples_total", "Items x Monte Carlo samples admitted "
+                                        "per API key name", ["key"], registry=r)
+        self.key_refusals = Counter("vaeserve_key_quota_refusals_total", "Requests refused over a key's quota, by "
+                                    "key name and limit (requests, item_samples)", ["key", "limit"], registry=r)
+        self.model_requests = Counter("vaeserve_model_requests_total", "Requests served per model version "
+                                      "(canary shares)", ["model", "version"], registry=r)
+        self.models_loaded = Gauge("vaeserve_models_loaded", "Model versions loaded and warm", registry=r)
+        self.model_loads = Counter("vaeserve_model_loads_total", "Model version loads, by outcome",
+                                   ["model", "outcome"], registry=r)
+        self.model_load_time = Histogram("vaeserve_model_load_seconds", "Time to verify, load and warm a version",
+                                         buckets=(0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0), registry=r)
+        self.model_unloads = Counter("vaeserve_model_unloads_total", "Model versions unloaded, by reason",
+                                     ["reason"], registry=r)
+        self.shadow_requests = Counter("vaeserve_shadow_requests_total", "Requests mirrored to a shadow version, by "
+                                       "outcome (computed, dropped under load, failed)", ["model", "version", "outcome"],
+                                       registry=r)
+        self.shadow_score = Histogram("vaeserve_shadow_score_nats", "Scores a shadow version computed (never served)",
+                                      ["model", "version"], buckets=SCORE_BUCKETS, registry=r)
+        self.shadow_difference = Histogram("vaeserve_shadow_score_difference_nats",
+                                           "|shadow score - served score| per item", ["model", "version"],
+                                           buckets=(0.01, 0.1, 0.5, 1, 2, 5, 10, 20, 50, 100, 500), registry=r)
 
-    def set_model(self, *, name: str, version: str, backend: str, device: str) -> None:
-        self.model_info.clear()
+    def model_loaded(self, *, name: str, version: str, backend: str, device: str) -> None:
         self.model_info.labels(name=name, version=version, backend=backend, device=device).set(1)
+
+    def model_unloaded(self, *, name: str, version: str, graphs: list[str]) -> None:
+        """Drop the version's series so label sets stay bounded by what is loaded."""
+        for metric in (self.queue_wait, self.inference_time, self.batch_size, self.queue_depth):
+            for graph in graphs:
+                _remove(metric, name, version, graph)
+        for labels in list(self.model_info._metrics):  # noqa: SLF001 - prometheus-client has no remove-by-prefix
+            if labels[:2] == (name, version):
+                self.model_info.remove(*labels)
+        for labels in list(self.anomaly_score._metrics):  # noqa: SLF001
+            if labels[:2] == (name, version):
+                self.anomaly_score.remove(*labels)
+        _remove(self.model_requests, name, version)
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
+
+
+def _remove(metric: Counter | Gauge | Histogram, *labels: str) -> None:
+    try:
+        metric.remove(*labels)
+    except KeyError:
+        pass

@@ -8,8 +8,8 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from service.deps import PipelineDep
-from service.errors import ModelNotReady
+from service.deps import RegistryDep, model_address
+from service.pipeline import ModelHandle
 from service.schemas import ErrorResponse, HealthResponse
 
 router = APIRouter()
@@ -34,10 +34,10 @@ async def healthz() -> dict[str, str]:
 @router.get("/readyz", response_model=HealthResponse, summary="Readiness: artifacts verified and graphs warm",
             responses={503: {"model": ErrorResponse}})
 async def readyz(request: Request) -> Any:
-    state = request.app.state
-    if state.pipeline.handle is not None and state.pipeline.accepting:
+    registry = request.app.state.registry
+    if registry.ready:
         return {"status": "ready"}
-    reason = state.load_error or ("shutting down" if not state.pipeline.accepting else "loading and warming up")
+    reason = registry.not_ready_reason()
     return JSONResponse({"error": f"not ready: {reason}", "error_type": "model_not_ready"}, status_code=503,
                         headers={"Retry-After": "1"})
 
@@ -48,12 +48,15 @@ async def metrics(request: Request) -> Response:
     return Response(request.app.state.metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
 
 
-@router.get("/model", summary="The model card: manifest summary, backend, device, calibration",
-            responses={503: {"model": ErrorResponse}})
-async def model_card(pipeline: PipelineDep) -> dict[str, Any]:
-    handle = pipeline.handle
-    if handle is None:
-        raise ModelNotReady("no model is loaded yet")
+@router.get("/model", summary="The default model's card: manifest summary, backend, device, calibration",
+            responses={404: {"model": ErrorResponse}, 503: {"model": ErrorResponse}})
+async def model_card(request: Request, registry: RegistryDep) -> dict[str, Any]:
+    async with registry.use(*model_address(request)) as handle:
+        return card(handle)
+
+
+def card(handle: ModelHandle) -> dict[str, Any]:
+    """What a user needs to know about one loaded model version."""
     manifest = handle.runtime.manifest
     calibration = manifest.get("calibration", {})
     metrics = manifest.get("metrics", {})

@@ -1,37 +1,35 @@
-"""The VAE operations behind the endpoints, and the lifecycle of the loaded model. No HTTP.
+"""The VAE operations behind the endpoints, on one loaded model version. No HTTP.
 
-A ModelHandle is one loaded model with one batcher per graph, so work from different endpoints
-that needs the same graph shares batches. A request uses one handle from start to end (`use`),
-so a hot reload never mixes versions inside a request: the new handle is loaded and warmed beside
-the old one, swapped in atomically, and the old one is drained once its last request is done.
+A ModelHandle is one loaded version with one batcher per graph, so work from different endpoints
+that needs the same graph shares batches. Which handles exist, and which one a request gets, is
+the registry's business (service/registry.py); a request keeps its handle from start to end.
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
-import logging
 import math
 import time
-from collections.abc import AsyncIterator, Callable
-from concurrent.futures import ThreadPoolExecutor
-from contextlib import asynccontextmanager
+from collections.abc import Callable
+from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from model.conformal import ConformalCalibration
 from model.latent import interpolate
-from service.batcher import BatchStats, DynamicBatcher
-from service.errors import InvalidInput, ModelNotReady
+from service.batcher import BatchStats, DynamicBatcher, QueueBudget
+from service.drift import ModelDrift
+from service.errors import InvalidInput
 from service.inputs import InputSpec
 from service.metrics import Metrics
+from service.requestlog import observe_batch
 from service.runtime import ModelRuntime, load_runtime
 from service.schemas import DEFAULT_MC_SAMPLES
 from service.settings import Settings
-
-log = logging.getLogger("vaeserve.pipeline")
 
 
 @functools.lru_cache(maxsize=256)
@@ -57,6 +55,9 @@ class ModelHandle:
     batchers: dict[str, DynamicBatcher]
     spec: InputSpec
     calibration: dict[str, Any]
+    # The repository's name and version for this model (folder names; the manifest's by default).
+    name: str = ""
+    version: str = ""
     active_requests: int = 0
     # Calibration grids as arrays, converted once (percentiles are computed on every request).
     _grids: dict[str, np.ndarray] = field(default_factory=dict)
@@ -65,8 +66,15 @@ class ModelHandle:
     # Per score variant, the smallest scorer graph that computes it (models exported before
     # scorer_core have only scorer, which computes every variant).
     _scorers: dict[str, str] = field(default_factory=dict)
+    drift: ModelDrift | None = None  # this version's drift windows (service/drift.py)
+    conformal: ConformalCalibration = field(init=False)  # p-values (model/conformal.py)
+    ref: dict[str, str] = field(init=False)  # {"name", "version"}: every answer names what computed it
 
     def __post_init__(self) -> None:
+        self.name = self.name or self.runtime.name
+        self.version = self.version or self.runtime.version
+        self.ref = {"name": self.name, "version": self.version}
+        self.conformal = ConformalCalibration(self.calibration)
         self._levels = np.asarray(self.calibration.get("quantile_levels", []), dtype=np.float64)
         self._grids = {name: np.asarray(v["quantiles"], dtype=np.float64)
                        for name, v in self.calibration.get("variants", {}).items()}
@@ -77,15 +85,13 @@ class ModelHandle:
                 self._scorers[variant] = min(able, key=lambda g: len(self.runtime.outputs(g)))
 
     @property
-    def ref(self) -> dict[str, str]:
-        return {"name": self.runtime.name, "version": self.runtime.version}
-
-    @property
     def latent_dim(self) -> int:
         return self.runtime.config.latent_dim
 
     async def encode(self, x: np.ndarray, *, sample: bool, seed: int) -> dict[str, np.ndarray]:
         out = await self.batchers["encoder"].submit({"x": x})
+        if self.drift is not None:
+            self.drift.add_latent(out["mu"])
         if sample:
             eps = standard_normal(seed, out["mu"].shape)
             out = {**out, "z": out["mu"] + np.exp(0.5 * out["log_var"]) * eps}
@@ -96,7 +102,7 @@ class ModelHandle:
 
     async def reconstruct(self, x: np.ndarray) -> np.ndarray:
         """Decoder mean at the posterior mean: deterministic."""
-        return await self.decode((await self.batchers["encoder"].submit({"x": x}))["mu"])
+        return await self.decode((await self.encode(x, sample=False, seed=0))["mu"])
 
     async def sample(self, *, n: int, seed: int, temperature: float) -> tuple[np.ndarray, np.ndarray]:
         z = standard_normal(seed, (n, self.latent_dim)) * np.float32(temperature)
@@ -114,7 +120,12 @@ class ModelHandle:
         if graph is None:
             raise InvalidInput(f"score: the model's graphs do not compute variant {variant!r}")
         eps = standard_normal(seed, (len(x), mc_samples, self.latent_dim))
-        return await self.batchers[graph].submit({"x": x, "eps": eps})
+        out = await self.batchers[graph].submit({"x": x, "eps": eps})
+        if self.drift is not None:  # scorers exported before `mu` was an output feed only the score windows
+            self.drift.add_scores(variant, out[f"{variant}_score"], mc_samples=mc_samples)
+            if "mu" in out:
+                self.drift.add_latent(out["mu"])
+        return out
 
     def threshold(self, variant: str, *, target_fpr: float | None, contamination: float | None) -> tuple[float, float]:
         """(threshold, its quantile of the normal-data calibration)."""
@@ -145,106 +156,61 @@ def _scorer_item_weight(feeds: dict[str, np.ndarray]) -> int:
     return max(1, -(-feeds["eps"].shape[1] // DEFAULT_MC_SAMPLES))
 
 
-def _batch_observer(metrics: Metrics, graph: str) -> Any:
-    batch_size = metrics.batch_size.labels(graph=graph)
-    inference = metrics.inference_time.labels(graph=graph)
-    queue_wait = metrics.queue_wait.labels(graph=graph)
+def _batch_observer(metrics: Metrics, ref: dict[str, str], graph: str) -> Any:
+    labels = {"model": ref["name"], "version": ref["version"], "graph": graph}
+    batch_size = metrics.batch_size.labels(**labels)
+    inference = metrics.inference_time.labels(**labels)
+    queue_wait = metrics.queue_wait.labels(**labels)
 
     def observe(stats: BatchStats) -> None:
         batch_size.observe(stats.size)
         inference.observe(stats.inference_s)
         for wait in stats.queue_waits_s:
             queue_wait.observe(wait)
+        observe_batch(graph, stats)  # the requests' queue and compute times, trace spans
 
     return observe
 
 
-class Pipeline:
-    """Owns the current model handle: load, use, reload, drain."""
+def load_warm_runtime(artifacts_dir: Path, settings: Settings) -> ModelRuntime:
+    """Verify, load and warm one version's graphs (blocking: run it off the event loop)."""
+    runtime = load_runtime(artifacts_dir, backend=settings.backend, device=settings.device,
+                           intra_op_threads=settings.intra_op_threads)
+    runtime.warm_up()
+    return runtime
 
-    def __init__(self, settings: Settings, metrics: Metrics) -> None:
-        self.settings = settings
-        self.metrics = metrics
-        self.executor = ThreadPoolExecutor(max_workers=settings.inference_workers, thread_name_prefix="inference")
-        self.handle: ModelHandle | None = None
-        self.accepting = True
-        self._reload_lock = asyncio.Lock()
-        self._retired: set[asyncio.Task[bool]] = set()
 
-    @property
-    def current(self) -> ModelHandle:
-        handle = self.handle
-        if handle is None or not self.accepting:
-            raise ModelNotReady("the model is not loaded yet or the service is shutting down")
-        return handle
+def build_handle(runtime: ModelRuntime, *, name: str, version: str, settings: Settings, metrics: Metrics,
+                 executor: Executor, budget: QueueBudget, drift: ModelDrift | None) -> ModelHandle:
+    """A handle with one started batcher per graph; every graph of the model shares `budget`."""
+    s = settings
+    ref = {"name": name, "version": version}
+    batchers = {
+        graph: DynamicBatcher(
+            _graph_runner(runtime, graph),
+            max_batch_size=s.max_batch_size, batch_wait_timeout_s=s.batch_wait_timeout_s,
+            wait_when_idle=s.batch_wait_when_idle, budget=budget,
+            max_queue_items=s.max_queue_items, request_timeout_s=s.request_timeout_s, executor=executor,
+            item_weight=_scorer_item_weight if "eps" in runtime.inputs(graph) else None,
+            on_batch=_batch_observer(metrics, ref, graph),
+            on_queue_depth=metrics.queue_depth.labels(model=ref["name"], version=ref["version"], graph=graph).set,
+        )
+        for graph in runtime.graphs
+    }
+    for batcher in batchers.values():
+        batcher.start()
+    value_range = runtime.manifest["input"].get("range")
+    spec = InputSpec(shape=tuple(runtime.manifest["input"]["shape"]),
+                     value_range=tuple(value_range) if value_range else None, is_image=runtime.config.is_image)
+    return ModelHandle(runtime, batchers, spec, runtime.manifest.get("calibration", {}), name=name, version=version,
+                       drift=drift)
 
-    @asynccontextmanager
-    async def use(self) -> AsyncIterator[ModelHandle]:
-        """The current handle for the whole of one request."""
-        handle = self.current
-        handle.active_requests += 1
-        try:
-            yield handle
-        finally:
-            handle.active_requests -= 1
 
-    async def load(self, artifacts_dir: Path) -> ModelHandle:
-        """Verify, load and warm a model off the event loop, swap it in, retire the previous one."""
-        async with self._reload_lock:
-            runtime = await asyncio.get_running_loop().run_in_executor(self.executor, self._load_runtime, artifacts_dir)
-            handle = self._build_handle(runtime)
-            for batcher in handle.batchers.values():
-                batcher.start()
-            previous, self.handle = self.handle, handle
-            self.metrics.set_model(name=runtime.name, version=runtime.version, backend=runtime.backend,
-                                   device=runtime.device)
-            if previous is not None:
-                task = asyncio.get_running_loop().create_task(self.drain(previous, self.settings.shutdown_drain_timeout_s))
-                self._retired.add(task)
-                task.add_done_callback(self._retired.discard)
-            log.info("serving %s %s (%s on %s)", runtime.name, runtime.version, runtime.backend, runtime.device)
-            return handle
-
-    def _load_runtime(self, artifacts_dir: Path) -> ModelRuntime:
-        runtime = load_runtime(artifacts_dir, backend=self.settings.backend, device=self.settings.device,
-                               intra_op_threads=self.settings.intra_op_threads)
-        runtime.warm_up()
-        return runtime
-
-    def _build_handle(self, runtime: ModelRuntime) -> ModelHandle:
-        s = self.settings
-        batchers = {
-            graph: DynamicBatcher(
-                _graph_runner(runtime, graph),
-                max_batch_size=s.max_batch_size, batch_wait_timeout_s=s.batch_wait_timeout_s,
-                wait_when_idle=s.batch_wait_when_idle,
-                max_queue_items=s.max_queue_items, request_timeout_s=s.request_timeout_s, executor=self.executor,
-                item_weight=_scorer_item_weight if "eps" in runtime.inputs(graph) else None,
-                on_batch=_batch_observer(self.metrics, graph), on_queue_depth=self.metrics.queue_depth.labels(graph=graph).set,
-            )
-            for graph in runtime.graphs
-        }
-        value_range = runtime.manifest["input"].get("range")
-        spec = InputSpec(shape=tuple(runtime.manifest["input"]["shape"]),
-                         value_range=tuple(value_range) if value_range else None, is_image=runtime.config.is_image)
-        return ModelHandle(runtime, batchers, spec, runtime.manifest.get("calibration", {}))
-
-    async def drain(self, handle: ModelHandle, timeout_s: float) -> bool:
-        """Wait for the handle's last request, finish its queues, stop its batchers."""
-        deadline = time.monotonic() + timeout_s
-        while handle.active_requests and time.monotonic() < deadline:
-            await asyncio.sleep(0.01)
-        remaining = max(0.0, deadline - time.monotonic())
-        results = await asyncio.gather(*(b.drain_and_stop(remaining) for b in handle.batchers.values()))
-        return all(results) and handle.active_requests == 0
-
-    async def shutdown(self) -> bool:
-        """Refuse new requests, answer the accepted ones, stop."""
-        self.accepting = False
-        drained = True
-        if self.handle is not None:
-            drained = await self.drain(self.handle, self.settings.shutdown_drain_timeout_s)
-        if self._retired:
-            await asyncio.gather(*self._retired, return_exceptions=True)
-        self.executor.shutdown(wait=False, cancel_futures=True)
-        return drained
+async def drain_handle(handle: ModelHandle, timeout_s: float) -> bool:
+    """Wait for the handle's last request, finish its queues, stop its batchers."""
+    deadline = time.monotonic() + timeout_s
+    while handle.active_requests and time.monotonic() < deadline:
+        await asyncio.sleep(0.01)
+    remaining = max(0.0, deadline - time.monotonic())
+    results = await asyncio.gather(*(b.drain_and_stop(remaining) for b in handle.batchers.values()))
+    return all(results) and handle.active_requests == 0

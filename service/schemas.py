@@ -68,6 +68,8 @@ class AnomalyScoreOptions(Options):
     heatmap: bool = Field(False, description="image models: also return the per-pixel NLL as a base64 PNG heatmap")
     target_fpr: float | None = Field(None, gt=0, lt=1, description="threshold for this false-positive rate on normal data")
     contamination: float | None = Field(None, gt=0, lt=0.5, description="expected share of anomalies; threshold at its quantile")
+    fdr: float | None = Field(None, gt=0, lt=1, description="flag by Benjamini-Hochberg on the items' p-values at this "
+                              "false discovery rate across the request's items, instead of a threshold")
 
 
 class AnomalyScoreRequest(AnomalyScoreOptions):
@@ -111,7 +113,10 @@ class AnomalyResult(BaseModel):
     reconstruction_nll: float
     kl: float
     percentile: float = Field(..., description="share of held-out normal data scoring lower, in %")
-    threshold: float
+    p_value: float | None = Field(None, description="conformal p-value (1 + #{calibration scores >= score}) / (n + 1): "
+                                  "for normal data P(p_value <= a) <= a")
+    threshold: float | None = Field(..., description="score threshold; with fdr the lowest flagged score (null: "
+                                    "none flagged)")
     is_anomaly: bool
     feature_nll: list[float] | None = Field(None, description="per-feature reconstruction NLL; sums to reconstruction_nll")
     heatmap_png: str | None = Field(None, description="per-pixel NLL, brightest = least explained, base64 PNG")
@@ -122,7 +127,12 @@ class AnomalyScoreResponse(BaseModel):
     score_variant: str
     mc_samples: int
     seed: int
-    threshold_quantile: float
+    threshold_quantile: float | None = Field(..., description="the threshold's quantile of the calibration scores "
+                                             "(null with fdr)")
+    p_value_method: str | None = Field(None, description="conformal (the calibration scores), quantile_grid (models "
+                                       "exported without them: approximate), or null (no calibration)")
+    fdr: float | None = None
+    p_value_cutoff: float | None = Field(None, description="with fdr: items with p_value <= this are flagged (0: none)")
     results: list[AnomalyResult]
 
 

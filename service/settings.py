@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -14,7 +14,17 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="VAESERVE_", extra="ignore")
 
-    artifacts_dir: Path = Field(Path("artifacts"), description="folder written by `vaeserve export`")
+    artifacts_dir: Path = Field(Path("artifacts"), description="folder written by `vaeserve export` (one model; "
+                                                               "ignored when model_repository is set)")
+    model_repository: Path | None = Field(None, description="many models: <dir>/<model>/<version>/manifest.json "
+                                                            "(`vaeserve export --repository`)")
+    default_model: str | None = Field(None, description="the model the un-prefixed routes serve (default: the only one)")
+    preload: str = Field("all", description="models loaded at start: all, none, or comma-separated names; "
+                                            "the others load on their first request")
+    lazy_load_wait: bool = Field(True, description="a request to a model that is not loaded waits for it to load "
+                                                   "and warm (false: 503 with Retry-After at once)")
+    max_loaded_models: int = Field(0, ge=0, description="model versions kept loaded, least recently used unloaded "
+                                                        "first (0: no limit)")
     host: str = Field("127.0.0.1", description="bind address")
     port: int = Field(8000, ge=0, le=65535, description="TCP port")
     backend: Literal["onnxruntime", "torchscript"] = Field("onnxruntime", description="inference engine")
@@ -41,6 +51,27 @@ class Settings(BaseSettings):
     admin_api_keys: list[str] = Field(default_factory=list, description="Bearer keys for /admin/*; empty: admin routes off")
     metrics_require_key: bool = Field(False, description="also require an API key for /metrics")
     cors_allow_origins: list[str] = Field(default_factory=list, description="CORS origins (JSON list); empty: CORS off")
+    # Operating it (deploy/README.md): request logs, traces, per-key quotas, input drift.
+    access_log: Literal["json", "text", "off"] = Field(
+        "off", description="one line per request (JSON lines on stdout, or in the service log's format): "
+                           "request id, route, model, status, items, queue/compute/total seconds; no input data")
+    tracing: bool | None = Field(None, description="OpenTelemetry spans over OTLP (the `tracing` extra); unset: on "
+                                                   "when OTEL_EXPORTER_OTLP_ENDPOINT is set")
+    key_quotas: dict[str, Any] | None = Field(None, description="per-key quotas, JSON (service/quotas.py: "
+                                              "requests_per_s, item_samples_per_s, burst_s; `default` for unlisted keys)")
+    key_quotas_file: Path | None = Field(None, description="the same as a JSON file, re-read on SIGHUP")
+    drift_window_items: int = Field(1000, ge=0, description="drift window: the last N items per model version "
+                                                            "(0: drift monitoring off)")
+    drift_window_s: float = Field(600.0, gt=0, description="drift window: only items from the last N seconds")
+    drift_min_items: int = Field(200, ge=10, description="items a window needs before it is compared")
+    drift_ks_alpha: float = Field(0.01, gt=0, lt=1, description="latent drift when the Bonferroni-corrected KS "
+                                                                "p-value is below this")
+    drift_ks_min_distance: float = Field(0.1, ge=0, le=1, description="and only when the KS distance (largest "
+                                         "gap between the CDFs) is at least this")
+    drift_mean_shift_sd: float = Field(0.5, gt=0, description="latent drift when a unit's window mean moves this "
+                                                              "many reference standard deviations")
+    drift_psi_threshold: float = Field(0.25, gt=0, description="score drift when the population stability index "
+                                                               "of the scores exceeds this")
 
     def accepted_api_keys(self) -> list[str]:
         """Keys from the setting and the key file together."""

@@ -1,5 +1,6 @@
 """The Open Inference Protocol (KServe v2) over the same batchers and metrics, with Triton's
-binary tensor extension (Inference-Header-Content-Length). Model names are the manifest's graphs.
+binary tensor extension (Inference-Header-Content-Length) and repository extension (index, load,
+unload). Model names are `<model>.<graph>`; the default model's graphs also answer to bare names.
 """
 
 from __future__ import annotations
@@ -11,9 +12,11 @@ import orjson
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
-from service.deps import PipelineDep, SettingsDep, read_body, unless_disconnected
-from service.errors import InvalidInput, MalformedBody, ModelNotReady, NotFound
+from service.deps import RegistryDep, SettingsDep, read_body, unless_disconnected
+from service.errors import Conflict, InvalidInput, MalformedBody, ModelNotReady, NotFound
 from service.pipeline import ModelHandle
+from service.registry import LOAD_ERRORS
+from service.requestlog import note_work
 from service.schemas import ErrorResponse
 
 router = APIRouter(prefix="/v2", tags=["KServe v2"], responses={
@@ -25,23 +28,36 @@ DATATYPES = {"FP32": np.float32, "FP64": np.float64, "INT32": np.int32, "INT64":
 NAMES = {np.dtype(v).name: k for k, v in DATATYPES.items()}
 
 
-def _json(payload: dict[str, Any], status: int = 200) -> Response:
+# The infer body as it is (schemathesis: an undeclared body lets an empty POST look valid).
+INFER_BODY: dict[str, Any] = {"requestBody": {"required": True, "content": {
+    "application/json": {"schema": {"type": "object", "required": ["inputs"], "properties": {
+        "id": {"type": "string"}, "inputs": {"type": "array", "minItems": 1, "items": {"type": "object"}},
+        "outputs": {"type": "array", "items": {"type": "object"}}, "parameters": {"type": "object"}}}},
+    "application/octet-stream": {"schema": {"type": "string", "format": "binary"},
+                                 "description": "JSON header of Inference-Header-Content-Length bytes, then tensors"}}}}
+
+
+def _json(payload: Any, status: int = 200) -> Response:
     return Response(orjson.dumps(payload), status_code=status, media_type="application/json")
 
 
-def _graph(pipeline: PipelineDep, name: str, version: str | None) -> tuple[ModelHandle, dict[str, Any]]:
-    handle = pipeline.current
-    spec = handle.runtime.manifest["graphs"].get(name)
+def address(name: str) -> tuple[str | None, str]:
+    """`<model>.<graph>` -> (model, graph); a bare graph name is the default model's."""
+    model, dot, graph = name.rpartition(".")
+    return (model, graph) if dot else (None, name)
+
+
+def _spec(handle: ModelHandle, name: str) -> dict[str, Any]:
+    spec = handle.runtime.manifest["graphs"].get(address(name)[1])
     if spec is None:
-        raise NotFound(f"model {name!r} not found; models: {sorted(handle.runtime.manifest['graphs'])}")
-    if version not in (None, "", handle.runtime.version):
-        raise NotFound(f"model {name!r} has no version {version!r}; serving {handle.runtime.version!r}")
-    return handle, spec
+        prefix = f"{handle.name}." if address(name)[0] else ""
+        raise NotFound(f"model {name!r} not found; models: {[prefix + g for g in sorted(handle.runtime.manifest['graphs'])]}")
+    return spec
 
 
 @router.get("", summary="Server metadata")
 async def server_metadata() -> Response:
-    return _json({"name": "vaeserve", "version": "0.1.0", "extensions": ["binary_tensor_data"]})
+    return _json({"name": "vaeserve", "version": "0.1.0", "extensions": ["binary_tensor_data", "model_repository"]})
 
 
 @router.get("/health/live", summary="Server liveness")
@@ -50,46 +66,86 @@ async def live() -> Response:
 
 
 @router.get("/health/ready", summary="Server readiness")
-async def ready(pipeline: PipelineDep) -> Response:
-    is_ready = pipeline.handle is not None and pipeline.accepting
-    return _json({"ready": is_ready}, 200 if is_ready else 503)
+async def ready(registry: RegistryDep) -> Response:
+    return _json({"ready": registry.ready}, 200 if registry.ready else 503)
 
 
-@router.get("/models/{name}", summary="Model metadata")
+@router.get("/models/{name}", summary="Model metadata (`<model>.<graph>`, or a graph of the default model)")
 @router.get("/models/{name}/versions/{version}", summary="Model metadata (one version)")
-async def model_metadata(pipeline: PipelineDep, name: str, version: str | None = None) -> Response:
-    handle, spec = _graph(pipeline, name, version)
+async def model_metadata(registry: RegistryDep, name: str, version: str | None = None) -> Response:
+    model = address(name)[0]
+    async with registry.use(model, version or registry.default_version(model)) as handle:
+        spec = _spec(handle, name)
     dims = {"batch": -1, "k": -1}
     tensor = lambda t: {"name": t["name"], "datatype": NAMES[t["dtype"]],  # noqa: E731
                         "shape": [dims.get(d, d) for d in t["shape"]]}
     platform = "onnxruntime_onnx" if handle.runtime.backend == "onnxruntime" else "pytorch_libtorch"
-    return _json({"name": name, "versions": [handle.runtime.version], "platform": platform,
+    return _json({"name": name, "versions": registry.versions(model), "platform": platform,
                   "inputs": [tensor(t) for t in spec["inputs"]], "outputs": [tensor(t) for t in spec["outputs"]]})
 
 
-@router.get("/models/{name}/ready", summary="Model readiness")
+@router.get("/models/{name}/ready", summary="Model readiness (loaded and warm)")
 @router.get("/models/{name}/versions/{version}/ready", summary="Model readiness (one version)")
-async def model_ready(pipeline: PipelineDep, name: str, version: str | None = None) -> Response:
+async def model_ready(registry: RegistryDep, name: str, version: str | None = None) -> Response:
     try:
-        _graph(pipeline, name, version)
+        handle = registry.loaded(address(name)[0], version)
+        ready = handle is not None and bool(_spec(handle, name))
     except ModelNotReady:
-        return _json({"name": name, "ready": False}, 503)
-    return _json({"name": name, "ready": True})
+        ready = False
+    return _json({"name": name, "ready": ready}, 200 if ready else 503)
 
 
-@router.post("/models/{name}/infer", summary="Inference (JSON or binary tensors)")
-@router.post("/models/{name}/versions/{version}/infer", summary="Inference on one version")
-async def infer(request: Request, pipeline: PipelineDep, settings: SettingsDep, name: str,
+@router.post("/models/{name}/infer", summary="Inference (JSON or binary tensors)", openapi_extra=INFER_BODY)
+@router.post("/models/{name}/versions/{version}/infer", summary="Inference on one version", openapi_extra=INFER_BODY)
+async def infer(request: Request, registry: RegistryDep, settings: SettingsDep, name: str,
                 version: str | None = None) -> Response:
     body = await read_body(request, settings)
-    async with pipeline.use() as handle:
-        _, spec = _graph(pipeline, name, version)
+    async with registry.use(address(name)[0], version) as handle:
+        spec = _spec(handle, name)
         header, binary = _split(body, request.headers.get(HEADER_LENGTH))
         feeds = _feeds(header, binary, spec, max_items=settings.max_items_per_request)
         items = len(next(iter(feeds.values())))
         samples = feeds["eps"].shape[1] if "eps" in feeds else 1
-        outputs = await unless_disconnected(request, handle.batchers[name].submit(feeds), size=items * samples)
-    return _response(header, outputs, spec, model=name, version=handle.runtime.version)
+        note_work(handle.ref, items=items, mc_samples=samples)
+        outputs = await unless_disconnected(request, handle.batchers[address(name)[1]].submit(feeds),
+                                            size=items * samples)
+    return _response(header, outputs, spec, model=name, version=handle.version)
+
+
+@router.post("/repository/index", summary="Repository index: every model version and its state")
+async def repository_index(request: Request, registry: RegistryDep, settings: SettingsDep) -> Response:
+    body = await read_body(request, settings)
+    try:
+        only_ready = bool((orjson.loads(body) if body.strip() else {}).get("ready", False))
+    except (orjson.JSONDecodeError, AttributeError):
+        raise MalformedBody("repository index request: body must be a JSON object or empty") from None
+    states = {"ready": "READY", "loading": "LOADING", "failed": "UNAVAILABLE", "unloaded": "UNAVAILABLE"}
+    index = [{"name": m["name"], "version": v["version"], "state": states[v["state"]],
+              "reason": v["error"] or ("unloaded" if m["unloaded"] else "")}
+             for m in registry.describe()["models"] for v in m["versions"]]
+    return _json([entry for entry in index if entry["state"] == "READY" or not only_ready])  # type: ignore[arg-type]
+
+
+@router.post("/repository/models/{name}/load", summary="Load (and warm) every available version of a model (admin)")
+async def repository_load(registry: RegistryDep, name: str) -> Response:
+    model = _repository_model(registry, name)
+    try:
+        await registry.load_model(model)
+    except LOAD_ERRORS as exc:
+        raise Conflict(f"model {model!r} failed to load: {exc}") from None
+    return _json({})
+
+
+@router.post("/repository/models/{name}/unload", summary="Unload a model; it drains its requests first (admin)")
+async def repository_unload(registry: RegistryDep, name: str) -> Response:
+    registry.unload_model(_repository_model(registry, name))
+    return _json({})
+
+
+def _repository_model(registry: RegistryDep, name: str) -> str:
+    """The repository's model for a load/unload name: the model itself, or one of its `<model>.<graph>`."""
+    model = address(name)[0]
+    return model if model is not None and model in registry.models else name
 
 
 def _split(body: bytes, header_length: str | None) -> tuple[dict[str, Any], bytes]:

@@ -34,6 +34,16 @@ NEIGHBOR_COMPONENTS = 64
 QUANTILE_LEVELS = [round(q, 4) for q in np.linspace(0.0, 1.0, 1001)]  # 0.1% grid for percentiles
 REPORTED_QUANTILES = {"p50": 0.5, "p90": 0.9, "p95": 0.95, "p99": 0.99, "p99.9": 0.999}
 DEFAULT_THRESHOLD_QUANTILE = 0.99
+# Conformal p-values (model/conformal.py) count the calibration scores >= s. The 0.1% grid above
+# gets that count only to within n/1000 (at n = 5,000 validation items, 5 of the 50 scores that
+# decide a 1% false-alarm rate), so the scores themselves are kept, sorted: 4 variants x 5,000
+# floats, ~0.4 MB of JSON. Beyond CALIBRATION_SCORES_KEPT a random subset is kept, which keeps the
+# guarantee (with n = that many) and bounds the manifest for large tabular validation splits.
+CALIBRATION_SCORES_KEPT = 20_000
+# The drift reference (service/drift.py): latent means in 0.5% quantiles per unit (KS against them
+# is off by at most 0.005, a tenth of what a 1,000-item window can detect), score deciles for PSI.
+LATENT_QUANTILE_LEVELS = [round(q, 4) for q in np.linspace(0.0, 1.0, 201)]
+ACTIVE_UNIT_VARIANCE = 0.01  # Cov_x(E_q[z_j]) above this: an active unit (Burda et al. 2015), as in evaluate
 
 
 class ParityError(Exception):
@@ -150,24 +160,30 @@ def _location_scale(values: torch.Tensor) -> torch.Tensor:
 
 
 def onnx_variant_scores(scorer_path: Path, x: np.ndarray, *, latent_dim: int,
-                        mc_samples: int = CALIBRATION_MC_SAMPLES, seed: int = 0) -> dict[str, np.ndarray]:
-    """Every score variant for x, computed by the exported scorer graph as the service runs it."""
+                        mc_samples: int = CALIBRATION_MC_SAMPLES, seed: int = 0,
+                        with_mu: bool = False) -> dict[str, np.ndarray]:
+    """Every score variant for x (and the posterior means, key "mu"), computed by the exported
+    scorer graph as the service runs it."""
     session = ort.InferenceSession(str(scorer_path), providers=["CPUExecutionProvider"])
     names = [o.name for o in session.get_outputs()]
     rng = np.random.default_rng(seed)
-    parts: dict[str, list[np.ndarray]] = {variant: [] for variant in SCORE_VARIANTS}
+    keys = [f"{variant}_score" for variant in SCORE_VARIANTS] + (["mu"] if with_mu else [])
+    parts: dict[str, list[np.ndarray]] = {key: [] for key in keys}
     for start in range(0, len(x), 256):
         xb = x[start:start + 256].astype(np.float32)
         eps = rng.standard_normal((len(xb), mc_samples, latent_dim), dtype=np.float32)
         outputs = dict(zip(names, session.run(None, {"x": xb, "eps": eps})))
-        for variant in SCORE_VARIANTS:
-            parts[variant].append(outputs[f"{variant}_score"])
-    return {variant: np.concatenate(p) for variant, p in parts.items()}
+        for key in keys:
+            parts[key].append(outputs[key])
+    return {key.removesuffix("_score"): np.concatenate(p) for key, p in parts.items()}
 
 
-def calibrate(directory: Path, x_normal: np.ndarray, *, latent_dim: int, seed: int = 0) -> dict[str, Any]:
-    """Quantiles of each score variant on held-out normal data, computed by the exported scorer."""
-    scores = onnx_variant_scores(directory / "scorer.onnx", x_normal, latent_dim=latent_dim, seed=seed)
+def calibrate(directory: Path, x_normal: np.ndarray, *, latent_dim: int,
+              seed: int = 0) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Quantiles and sorted scores of each score variant on held-out normal data, computed by the
+    exported scorer, and the drift reference (posterior means and score deciles) of the same data."""
+    scores = onnx_variant_scores(directory / "scorer.onnx", x_normal, latent_dim=latent_dim, seed=seed, with_mu=True)
+    mu = scores.pop("mu")
     variants = {}
     for name, values in scores.items():
         grid = np.quantile(values, QUANTILE_LEVELS)
@@ -176,10 +192,33 @@ def calibrate(directory: Path, x_normal: np.ndarray, *, latent_dim: int, seed: i
             **{label: float(np.quantile(values, q)) for label, q in REPORTED_QUANTILES.items()},
             "threshold": float(np.quantile(values, DEFAULT_THRESHOLD_QUANTILE)),
         }
-    return {
+    kept = np.sort(np.random.default_rng(seed).permutation(len(mu))[:CALIBRATION_SCORES_KEPT])
+    calibration = {
         "split": "validation (held-out normal data)", "examples": int(len(x_normal)),
         "mc_samples": CALIBRATION_MC_SAMPLES, "quantile_levels": QUANTILE_LEVELS,
         "default_threshold_quantile": DEFAULT_THRESHOLD_QUANTILE, "variants": variants,
+        "sorted_scores_examples": int(len(kept)),
+        "sorted_scores": {name: np.sort(values[kept]).tolist() for name, values in scores.items()},
+    }
+    return calibration, drift_reference(mu, scores)
+
+
+def drift_reference(mu: np.ndarray, scores: dict[str, np.ndarray]) -> dict[str, Any]:
+    """What the service's drift windows are compared with: per latent unit the mean, standard
+    deviation, activity and 0.5% quantiles of mu(x); per score variant its deciles."""
+    variance = mu.astype(np.float64).var(0)
+
+    def deciles(values: np.ndarray) -> dict[str, list[float]]:
+        edges = np.quantile(values, np.arange(1, 10) / 10)
+        counts = np.bincount(np.searchsorted(edges, values, side="right"), minlength=10)
+        return {"edges": edges.tolist(), "fractions": (counts / len(values)).tolist()}
+
+    return {
+        "split": "validation (held-out normal data)", "examples": int(len(mu)), "mc_samples": CALIBRATION_MC_SAMPLES,
+        "latent": {"mean": mu.mean(0).tolist(), "sd": np.sqrt(variance).tolist(),
+                   "active": (variance > ACTIVE_UNIT_VARIANCE).tolist(), "quantile_levels": LATENT_QUANTILE_LEVELS,
+                   "quantiles": np.quantile(mu, LATENT_QUANTILE_LEVELS, axis=0).T.tolist()},  # (D, L)
+        "scores": {name: deciles(values) for name, values in scores.items()},
     }
 
 
@@ -203,6 +242,7 @@ def export_model(model: VAE, payload: dict[str, Any], out_dir: Path, *, train_x:
         export_onnx(module, args, out_dir / f"{graph_name}.onnx", graph_name)
         export_torchscript(module, args, out_dir / f"{graph_name}.pt")
     parity_report = parity(graphs, out_dir, latent_dim=config.latent_dim, sample_x=val_x)
+    calibration, drift = calibrate(out_dir, val_x, latent_dim=config.latent_dim)
     manifest: dict[str, Any] = {
         "model": {"name": name, "version": version, "created": datetime.now(timezone.utc).isoformat(timespec="seconds")},
         "config": config.to_dict(),
@@ -214,7 +254,8 @@ def export_model(model: VAE, payload: dict[str, Any], out_dir: Path, *, train_x:
                      "val_neg_elbo": payload.get("val_neg_elbo")},
         "metrics": metrics or {},
         "latent": latent_statistics(model, _standardized(val_x, stats)),
-        "calibration": calibrate(out_dir, val_x, latent_dim=config.latent_dim),
+        "calibration": calibration,
+        "drift_reference": drift,
         "parity": {"batch_sizes": list(PARITY_BATCH_SIZES), "tolerance": PARITY_TOLERANCE,
                    "tolerance_applies_to": "max |exported - pytorch| / max(1, |pytorch|)",
                    "max_abs_diff": {k: v for k, v in parity_report.items() if not k.endswith("_scaled")},
@@ -242,8 +283,8 @@ def _graph_specs(n_features: int, latent_dim: int) -> dict[str, Any]:
     shapes = {"x": ["batch", n_features], "z": ["batch", latent_dim], "eps": ["batch", "k", latent_dim],
               "mu": ["batch", latent_dim], "log_var": ["batch", latent_dim], "x_mean": ["batch", n_features],
               "feature_nll": ["batch", n_features],
-              **{name: ["batch"] for name in GRAPH_IO["scorer"][1] if name != "feature_nll"}}
-    float64 = set(GRAPH_IO["scorer"][1])  # every scorer output: sums of log-densities in float64
+              **{name: ["batch"] for name in GRAPH_IO["scorer"][1] if name not in ("feature_nll", "mu")}}
+    float64 = set(GRAPH_IO["scorer"][1]) - {"mu"}  # the scores: sums of log-densities in float64
     return {
         name: {
             "onnx": f"{name}.onnx", "torchscript": f"{name}.pt",

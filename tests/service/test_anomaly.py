@@ -115,7 +115,7 @@ def test_each_variant_runs_on_the_smallest_graph_that_computes_it(server: Server
 def test_a_model_exported_without_scorer_core_scores_every_variant_on_scorer(
         server: ServerProcess, artifacts_dir: Path, tmp_path: Path, held_out_normal: np.ndarray) -> None:
     from service.metrics import Metrics
-    from service.pipeline import Pipeline
+    from service.registry import ModelRegistry
     from service.settings import Settings
 
     older = tmp_path / "older"
@@ -129,13 +129,13 @@ def test_a_model_exported_without_scorer_core_scores_every_variant_on_scorer(
     x = held_out_normal[:20]
 
     async def scores_in_process() -> dict[str, np.ndarray]:
-        pipeline = Pipeline(Settings(artifacts_dir=older), Metrics())
-        handle = await pipeline.load(older)
+        registry = ModelRegistry(Settings(artifacts_dir=older), Metrics())
+        handle = await registry.load_folder(older, initial=True)
         try:
             assert set(handle.batchers) == {"encoder", "decoder", "scorer"}
             return {v: (await handle.score(x, variant=v, mc_samples=4, seed=7))[f"{v}_score"] for v in VARIANTS}
         finally:
-            await pipeline.shutdown()
+            await registry.shutdown()
 
     for variant, values in asyncio.run(scores_in_process()).items():
         served = [r["score"] for r in score(server, x, score=variant, mc_samples=4, seed=7)]

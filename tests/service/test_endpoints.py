@@ -133,8 +133,9 @@ def test_concurrent_requests_are_merged_into_batches(server: ServerProcess, test
     assert asyncio.run(burst()) == [200] * 64
     text = httpx.get(server.url + "/metrics").text
     # The default variant (elbo) is computed by the scorer without the neighbour bank.
-    count = _sample(text, 'vaeserve_batch_size_items_count{graph="scorer_core"}')
-    singles = _sample(text, 'vaeserve_batch_size_items_bucket{graph="scorer_core",le="1.0"}')
+    labels = 'graph="scorer_core",model="tiny-vae",version="1"'
+    count = _sample(text, f"vaeserve_batch_size_items_count{{{labels}}}")
+    singles = _sample(text, 'vaeserve_batch_size_items_bucket{graph="scorer_core",le="1.0",model="tiny-vae",version="1"}')
     assert count > 0 and count - singles > 0, "some executed batches held more than one item"
 
 

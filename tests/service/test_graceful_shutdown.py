@@ -40,7 +40,7 @@ def wait_queued(server: ServerProcess, timeout_s: float = 5) -> None:
     """Until the encoder queue holds items (the request was accepted and waits for its batch)."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        depth = re.search(r'^vaeserve_queue_depth_items\{graph="encoder"\} (\S+)$',
+        depth = re.search(r'^vaeserve_queue_depth_items\{graph="encoder",model="tiny-vae",version="1"\} (\S+)$',
                           httpx.get(f"{server.url}/metrics").text, re.MULTILINE)
         if depth and float(depth.group(1)) > 0:
             return

@@ -1,0 +1,268 @@
+"""Per-key quotas: token buckets on requests/s and on items x Monte Carlo samples per second.
+
+VAESERVE_KEY_QUOTAS (JSON) or VAESERVE_KEY_QUOTAS_FILE (a JSON file, re-read on SIGHUP):
+
+    {"default": {"requests_per_s": 20, "item_samples_per_s": 50000},          keys not listed below
+     "keys": {"team-a":  {"key": "s3cret", "requests_per_s": 5, "item_samples_per_s": 2000, "burst_s": 2},
+              "nightly": {"key_sha256": "<hex sha256 of the key>", "requests_per_s": null}}}
+
+A listed key is also an accepted API key; its name (never the key) labels the metrics. A bucket
+holds rate x burst_s tokens (burst_s defaults to 1 s) and refills continuously; null or a missing
+rate means unlimited. The request bucket is charged before the request runs, the items x samples
+bucket once the request is parsed (service.requestlog.note_work), before anything is queued.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import re
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from service.errors import PayloadTooLarge, ServiceError, error_response
+from service.metrics import Metrics
+from service.requestlog import current_request
+from service.security import ALWAYS_OPEN, KeyRing, is_page
+from service.settings import Settings
+
+log = logging.getLogger("vaeserve.quotas")
+DEFAULT_NAME = "default"  # the metrics label of every key that is not listed
+KEY_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+
+
+class QuotaExceeded(ServiceError):
+    status_code = 429
+    error_type = "quota_exceeded"
+
+
+class Limits(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    requests_per_s: float | None = Field(None, gt=0)
+    item_samples_per_s: float | None = Field(None, gt=0)
+    burst_s: float = Field(1.0, gt=0)
+
+
+class KeyEntry(Limits):
+    key: str | None = Field(None, min_length=1)
+    key_sha256: str | None = Field(None, pattern=r"^[0-9a-fA-F]{64}$")
+
+    @model_validator(mode="after")
+    def one_key(self) -> KeyEntry:
+        if (self.key is None) == (self.key_sha256 is None):
+            raise ValueError("give exactly one of `key` and `key_sha256`")
+        return self
+
+    def digest(self) -> bytes:
+        return hashlib.sha256(self.key.encode()).digest() if self.key else bytes.fromhex(self.key_sha256 or "")
+
+
+class QuotaConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    default: Limits | None = None
+    keys: dict[str, KeyEntry] = Field(default_factory=dict)
+
+
+class TokenBucket:
+    """capacity = rate x burst_s tokens, refilled at rate per second; take() or say how long to wait."""
+
+    def __init__(self, rate_per_s: float, burst_s: float) -> None:
+        self.rate, self.capacity = rate_per_s, max(1.0, rate_per_s * burst_s)
+        self.tokens, self.updated = self.capacity, time.monotonic()
+
+    def _refill(self, now: float) -> None:
+        self.tokens = min(self.capacity, self.tokens + (now - self.updated) * self.rate)
+        self.updated = now
+
+    def take(self, amount: float, now: float) -> float:
+        """0.0 if the tokens were taken, else the seconds until there will be enough."""
+        self._refill(now)
+        if amount <= self.tokens:
+            self.tokens -= amount
+            return 0.0
+        return (amount - self.tokens) / self.rate
+
+    def headers(self, now: float, *, retry_after_s: float = 0.0) -> list[tuple[bytes, bytes]]:
+        """RateLimit-Limit/Remaining/Reset (IETF draft-ietf-httpapi-ratelimit-headers), and Retry-After."""
+        self._refill(now)
+        reset = math.ceil((self.capacity - self.tokens) / self.rate)
+        headers = [(b"ratelimit-limit", b"%d" % self.capacity), (b"ratelimit-remaining", b"%d" % self.tokens),
+                   (b"ratelimit-reset", b"%d" % reset)]
+        if retry_after_s > 0:
+            headers.append((b"retry-after", b"%d" % max(1, math.ceil(retry_after_s))))
+        return headers
+
+
+@dataclass
+class KeyQuota:
+    name: str
+    limits: Limits
+    requests: TokenBucket | None
+    item_samples: TokenBucket | None
+
+    @classmethod
+    def of(cls, name: str, limits: Limits) -> KeyQuota:
+        def bucket(rate: float | None) -> TokenBucket | None:
+            return TokenBucket(rate, limits.burst_s) if rate else None
+        return cls(name, limits, bucket(limits.requests_per_s), bucket(limits.item_samples_per_s))
+
+
+class QuotaBook:
+    """The parsed configuration and one KeyQuota per key seen (unlisted keys each get the default's)."""
+
+    def __init__(self, config: QuotaConfig, previous: QuotaBook | None = None) -> None:
+        self.config = config
+        self.listed = {entry.digest(): (name, Limits(**entry.model_dump(include=set(Limits.model_fields))))
+                       for name, entry in config.keys.items()}
+        self.active = bool(self.listed) or config.default is not None
+        self._quotas: dict[bytes, KeyQuota] = {}
+        for digest, old in (previous._quotas.items() if previous else ()):
+            name, limits = self._policy(digest)
+            if limits == old.limits and name == old.name:  # unchanged: keep its buckets' state
+                self._quotas[digest] = old
+
+    @classmethod
+    def from_settings(cls, settings: Settings, previous: QuotaBook | None = None) -> QuotaBook:
+        """Parse VAESERVE_KEY_QUOTAS or the file; ValueError with the reason when it is wrong."""
+        raw: Any = settings.key_quotas or {}
+        source = "VAESERVE_KEY_QUOTAS"
+        if settings.key_quotas_file is not None:
+            source = str(settings.key_quotas_file)
+            try:
+                raw = json.loads(settings.key_quotas_file.read_text())
+            except (OSError, json.JSONDecodeError) as exc:
+                raise ValueError(f"{source}: {exc}") from None
+        try:
+            config = QuotaConfig.model_validate(raw)
+        except ValidationError as exc:
+            problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
+            raise ValueError(f"{source}: {problems}") from None
+        bad = [name for name in config.keys if not KEY_NAME.match(name)]
+        if bad:
+            raise ValueError(f"{source}: key names must match {KEY_NAME.pattern} (they label metrics): {bad}")
+        return cls(config, previous)
+
+    def _policy(self, digest: bytes) -> tuple[str, Limits | None]:
+        return self.listed.get(digest) or (DEFAULT_NAME, self.config.default)
+
+    def quota(self, digest: bytes) -> KeyQuota | None:
+        found = self._quotas.get(digest)
+        if found is None:
+            name, limits = self._policy(digest)
+            if limits is None:
+                return None
+            found = self._quotas[digest] = KeyQuota.of(name, limits)
+        return found
+
+
+def presented_key_digest(scope: Scope) -> bytes | None:
+    for name, value in scope["headers"]:
+        if name == b"authorization":
+            scheme, _, key = value.partition(b" ")
+            return hashlib.sha256(key.strip()).digest() if scheme.lower() == b"bearer" and key.strip() else None
+    return None
+
+
+class QuotaMiddleware:
+    """429 + Retry-After + RateLimit-* when a key is over its request rate; arms the item budget.
+
+    Sits inside the API-key middleware, so only valid keys arrive here; probes, /metrics and the page are free.
+    """
+
+    def __init__(self, app: ASGIApp, *, state: Any, metrics: Metrics) -> None:
+        self.app, self.state, self.metrics = app, state, metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        book: QuotaBook = self.state.quotas
+        path = scope.get("path", "")
+        if scope["type"] != "http" or not book.active or path in ALWAYS_OPEN or path == "/metrics" or is_page(path):
+            await self.app(scope, receive, send)
+            return
+        digest = presented_key_digest(scope)
+        quota = book.quota(digest) if digest is not None else None
+        if quota is None:
+            await self.app(scope, receive, send)
+            return
+        now = time.monotonic()
+        wait_s = quota.requests.take(1, now) if quota.requests else 0.0
+        record = current_request()
+        if record is not None:
+            record.key_name = quota.name
+        if wait_s > 0:
+            assert quota.requests is not None, "only a request bucket makes a request wait"
+            await self._refuse(scope, receive, send, quota, "requests", quota.requests, wait_s, now)
+            return
+        self.metrics.key_requests.labels(key=quota.name).inc()
+        if record is not None and quota.item_samples is not None:
+            record.admit = lambda cost: self._charge_items(quota, cost)
+        if quota.requests is None:
+            await self.app(scope, receive, send)
+            return
+        bucket = quota.requests
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start" and message["status"] != 429:
+                message["headers"] = [*message.get("headers", []), *bucket.headers(time.monotonic())]
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+    def _charge_items(self, quota: KeyQuota, cost: int) -> None:
+        bucket = quota.item_samples
+        assert bucket is not None, "armed only for keys with an item budget"
+        if cost > bucket.capacity:
+            self.metrics.key_refusals.labels(key=quota.name, limit="item_samples").inc()
+            raise PayloadTooLarge(f"the request costs {cost} items x samples, more than key {quota.name!r} may "
+                                  f"spend at once ({bucket.capacity:.0f}); split it")
+        now = time.monotonic()
+        wait_s = bucket.take(cost, now)
+        if wait_s > 0:
+            self.metrics.key_refusals.labels(key=quota.name, limit="item_samples").inc()
+            self._mark_rejection()
+            headers = {k.decode(): v.decode() for k, v in bucket.headers(now, retry_after_s=wait_s)}
+            raise QuotaExceeded(f"key {quota.name!r} is over its quota of {quota.limits.item_samples_per_s:g} items x "
+                                f"samples per second; retry after {headers['retry-after']}s", headers=headers)
+        self.metrics.key_item_samples.labels(key=quota.name).inc(cost)
+
+    async def _refuse(self, scope: Scope, receive: Receive, send: Send, quota: KeyQuota, limit: str,
+                      bucket: TokenBucket, wait_s: float, now: float) -> None:
+        self.metrics.key_refusals.labels(key=quota.name, limit=limit).inc()
+        self._mark_rejection()
+        headers = {k.decode(): v.decode() for k, v in bucket.headers(now, retry_after_s=wait_s)}
+        exc = QuotaExceeded(f"key {quota.name!r} is over its quota of {quota.limits.requests_per_s:g} requests per "
+                            f"second; retry after {headers['retry-after']}s", headers=headers)
+        await error_response(exc)(scope, receive, send)
+
+    @staticmethod
+    def _mark_rejection() -> None:
+        record = current_request()
+        if record is not None:
+            record.rejection = "quota"
+
+
+def load_keys_and_quotas(settings: Settings, previous: QuotaBook | None = None) -> tuple[KeyRing, QuotaBook]:
+    """The accepted keys (settings, key file, keys listed in the quotas) and the quota book."""
+    book = QuotaBook.from_settings(settings, previous)
+    ring = KeyRing.of(settings.accepted_api_keys(), settings.admin_api_keys, extra_digests=list(book.listed))
+    if book.config.default is not None and not ring.keys:
+        log.warning("VAESERVE_KEY_QUOTAS has a default but no API keys are configured: requests carry no key, "
+                    "so no quota applies")
+    return ring, book
+
+
+def reload_keys_and_quotas(state: Any) -> None:
+    """SIGHUP: re-read the key file and the quotas; on any error keep the old ones (and say why)."""
+    try:
+        ring, book = load_keys_and_quotas(state.settings, state.quotas)
+    except (OSError, ValueError) as exc:
+        log.error("keys and quotas not reloaded, the previous ones stay: %s", exc)
+        return
+    state.keyring.replace(ring)
+    state.quotas = book
+    log.info("reloaded %d API keys and %d key quotas", len(ring.keys), len(book.listed))
