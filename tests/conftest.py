@@ -36,6 +36,25 @@ def artifacts_dir(tiny_run: Path, tmp_path_factory: pytest.TempPathFactory) -> P
     return out
 
 
+# One class normal (trousers), a larger validation split: 1,800 calibration scores for p-values
+# and the drift reference. Trained ~5 s, like the tiny model.
+ONE_CLASS = 1
+ONE_CLASS_TRAIN_ARGS = ["--normal-classes", str(ONE_CLASS), "--val-fraction", "0.3", "--hidden", "128",
+                        "--latent-dim", "8", "--epochs", "5", "--max-steps", "150", "--batch-size", "128", "--seed", "0"]
+
+
+@pytest.fixture(scope="session")
+def one_class_artifacts(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny model trained on one Fashion-MNIST class only, exported (name one-class-vae, version 1)."""
+    from training.cli import main
+
+    run, out = tmp_path_factory.mktemp("one-class-run"), tmp_path_factory.mktemp("one-class-artifacts")
+    assert main(["train", "--out", str(run), *ONE_CLASS_TRAIN_ARGS]) == 0
+    assert main(["export", "--checkpoint", str(run / "best.pt"), "--out", str(out), "--name", "one-class-vae",
+                 "--version", "1"]) == 0
+    return out
+
+
 @pytest.fixture(scope="session")
 def tiny_model(tiny_run: Path):  # type: ignore[no-untyped-def]
     from training.checkpoint import load_checkpoint
