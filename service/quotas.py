@@ -29,7 +29,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from service.errors import PayloadTooLarge, ServiceError, error_response
 from service.metrics import Metrics
 from service.requestlog import current_request
-from service.security import ALWAYS_OPEN, KeyRing, is_page
+from service.security import ADMIN_PREFIX, ALWAYS_OPEN, KeyRing, is_page
 from service.settings import Settings
 
 log = logging.getLogger("vaeserve.quotas")
@@ -172,7 +172,8 @@ def presented_key_digest(scope: Scope) -> bytes | None:
 class QuotaMiddleware:
     """429 + Retry-After + RateLimit-* when a key is over its request rate; arms the item budget.
 
-    Sits inside the API-key middleware, so only valid keys arrive here; probes, /metrics and the page are free.
+    Sits inside the API-key middleware, so only valid keys arrive here; probes, /metrics, the page and
+    the admin routes (admin keys) are free.
     """
 
     def __init__(self, app: ASGIApp, *, state: Any, metrics: Metrics) -> None:
@@ -181,7 +182,8 @@ class QuotaMiddleware:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         book: QuotaBook = self.state.quotas
         path = scope.get("path", "")
-        if scope["type"] != "http" or not book.active or path in ALWAYS_OPEN or path == "/metrics" or is_page(path):
+        free = path in ALWAYS_OPEN or path == "/metrics" or is_page(path) or path.startswith(ADMIN_PREFIX)
+        if scope["type"] != "http" or not book.active or free:
             await self.app(scope, receive, send)
             return
         digest = presented_key_digest(scope)
