@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
+from model.repository import next_version, version_dir
 from training.cli import main as vaeserve
 from training.export import onnx_variant_scores
 
@@ -18,13 +19,20 @@ def one_thread() -> None:
     torch.set_num_threads(1)
 
 
-def train_and_export(run_dir: Path, train_args: list[str]) -> Path:
-    """`vaeserve train ...` then `vaeserve export`; returns the artifacts folder."""
+def train_and_export(run_dir: Path, train_args: list[str], *, repository: Path | None = None,
+                     name: str = "bench") -> Path:
+    """`vaeserve train ...` then `vaeserve export` (into a model repository as `name`'s next version
+    when one is given); returns the artifacts folder."""
     assert vaeserve(["train", "--out", str(run_dir), *train_args]) == 0
-    artifacts = run_dir / "artifacts"
-    assert vaeserve(["export", "--checkpoint", str(run_dir / "best.pt"), "--out", str(artifacts),
-                     "--version", "bench"]) == 0
-    return artifacts
+    if repository is None:
+        artifacts = run_dir / "artifacts"
+        assert vaeserve(["export", "--checkpoint", str(run_dir / "best.pt"), "--out", str(artifacts),
+                         "--version", "bench"]) == 0
+        return artifacts
+    version = next_version(repository, name)
+    assert vaeserve(["export", "--checkpoint", str(run_dir / "best.pt"), "--repository", str(repository),
+                     "--name", name, "--version", version]) == 0
+    return version_dir(repository, name, version)
 
 
 def onnx_scores(artifacts: Path, x: np.ndarray, *, mc_samples: int = 16, seed: int = 0) -> dict[str, np.ndarray]:

@@ -36,12 +36,14 @@ PUBLISHED = {  # mean AUROC (%) under the same protocol; GEOM per class from Gol
 }
 
 
-def one_class(c: int, train_args: list[str]) -> tuple[int, dict[str, float], float]:
-    """Train on class c, score the whole test set with the exported scorer: AUROC per variant (%)."""
+def one_class(c: int, train_args: list[str], repository: Path | None) -> tuple[int, dict[str, float], float]:
+    """Train on class c, score the whole test set with the exported scorer: AUROC per variant (%).
+    With a repository, the model is also kept there as `class-<c>` (its next version)."""
     start = time.perf_counter()
     test = load_fashion_mnist()
     with tempfile.TemporaryDirectory() as tmp:
-        artifacts = train_and_export(Path(tmp), ["--normal-classes", str(c), *train_args])
+        artifacts = train_and_export(Path(tmp), ["--normal-classes", str(c), *train_args], repository=repository,
+                                     name=f"class-{c}")
         scores = onnx_scores(artifacts, test.test_x)
     anomalous = np.asarray(test.test_y != c)
     return c, {v: 100 * auroc(scores[v], anomalous) for v in SCORE_VARIANTS}, time.perf_counter() - start
@@ -57,6 +59,9 @@ def main() -> None:
     parser.add_argument("--ema-decay", default=None, help="passed to `vaeserve train` (default: its default)")
     parser.add_argument("--jobs", type=int, default=1, help="classes run at once, one CPU thread each")
     parser.add_argument("--seed", type=int, default=0, help="training seed (initialization, shuffling, noise)")
+    parser.add_argument("--repository", type=Path, default=None,
+                        help="also keep the ten models in this model repository (class-<c>/<version>/), "
+                             "which `vaeserve serve` serves with VAESERVE_MODEL_REPOSITORY")
     args = parser.parse_args()
     train_args = ["--likelihood", "gaussian", "--epochs", str(args.epochs), "--latent-dim", str(args.latent_dim),
                   "--hidden", *args.hidden.split(), "--architecture", args.architecture, "--precision", "bf16",
@@ -65,7 +70,8 @@ def main() -> None:
     rows: dict[int, dict[str, float]] = {}
     with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn"),
                              initializer=one_thread if args.jobs > 1 else None) as pool:
-        for c, row, seconds in pool.map(one_class, args.classes, [train_args] * len(args.classes)):
+        jobs = len(args.classes)
+        for c, row, seconds in pool.map(one_class, args.classes, [train_args] * jobs, [args.repository] * jobs):
             rows[c] = row
             print(f"class {c} ({FASHION_MNIST_CLASSES[c]}): " + "  ".join(f"{v} {row[v]:.1f}" for v in SCORE_VARIANTS)
                   + f"  ({seconds:.0f}s)", flush=True)
