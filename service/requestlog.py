@@ -144,7 +144,7 @@ class RequestContextMiddleware:
             return
         started = time.monotonic()
         request_id = _incoming_id(scope["headers"])
-        span = self.tracer.start_request(scope) if self.tracer is not None else None
+        span = self.tracer.start_request(scope, started) if self.tracer is not None else None
         if request_id is None:
             request_id = self.tracer.trace_id(span) if span is not None else os.urandom(16).hex()
         record = RequestRecord(request_id, scope["method"], scope["path"], _client(scope), started, span=span,

@@ -47,12 +47,12 @@ class RequestTracer:
         self._extract, self._trace, self._empty = propagate.extract, trace, context.Context
         self._server = trace.SpanKind.SERVER
 
-    def start_request(self, scope: dict[str, Any]) -> Any:
+    def start_request(self, scope: dict[str, Any], started: float) -> Any:
         carrier = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
         method, path = scope["method"], scope["path"]
         client = scope.get("client")
         return self.tracer.start_span(
-            f"{method} {path}", context=self._extract(carrier), kind=self._server,
+            f"{method} {path}", context=self._extract(carrier), kind=self._server, start_time=wall_ns(started),
             attributes={"http.request.method": method, "url.path": path,
                         "client.address": client[0] if client else ""})
 
