@@ -239,3 +239,31 @@ def test_a_keyed_service_says_so_plainly_and_works_once_the_key_is_entered(brows
         context.close()
     finally:
         keyed.stop()
+
+
+def test_the_model_picker_lists_the_repository_and_routes_the_page_to_the_chosen_model(
+        browser: Browser, artifacts_dir: Path, tmp_path: Path) -> None:
+    import shutil
+
+    from tests.helpers import start_server
+
+    root = tmp_path / "repo"
+    for name in ("first", "second"):
+        shutil.copytree(artifacts_dir, root / name / "1")
+    proc = start_server(root, tmp_path, model_repository=root)
+    try:
+        context = browser.new_context(viewport={"width": 1280, "height": 900})
+        page = context.new_page()
+        page.set_default_timeout(30_000)
+        page.goto(proc.url + "/")  # no default model: the page takes the first
+        page.wait_for_selector("body[data-loaded=true]")
+        assert page.locator("#model-name").inner_text() == "first v1"
+        options = page.locator("#model-picker option")
+        assert options.all_inner_texts() == ["first (v1)", "second (v1)"]
+        with page.expect_request(lambda r: r.url.endswith("/models/second/sample")):
+            page.select_option("#model-picker", "second")  # reloads with ?model=second
+        page.wait_for_selector("body[data-loaded=true]")
+        assert page.locator("#model-name").inner_text() == "second v1" and "model=second" in page.url
+        context.close()
+    finally:
+        proc.stop()

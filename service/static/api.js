@@ -42,13 +42,21 @@ async function call(path, body) {
   return response.headers.get("content-type")?.includes("json") ? JSON.parse(text) : text;
 }
 
+// The model this page talks to: `?model=` in the address, or the service's default model.
+let modelPrefix = "";
+export const modelParam = () => new URLSearchParams(location.search).get("model");
+export const useModel = (name) => { modelPrefix = name ? `/models/${encodeURIComponent(name)}` : ""; };
+useModel(modelParam());
+const routed = (path) => modelPrefix + path;
+
 export const api = {
   ready: () => call("/readyz"),
-  model: () => call("/model"),
+  models: () => call("/models"),
+  model: () => call(modelPrefix || "/model"),
   metrics: () => call("/metrics"),
-  sample: (options) => call("/sample", options),
-  encode: (inputs) => call("/encode", { inputs }),
-  reconstruct: (inputs) => call("/reconstruct", { inputs }),
-  score: (inputs, options) => call("/anomaly-score", { inputs, explain: true, ...options }),
-  interpolate: (body) => call("/interpolate", body),
+  sample: (options) => call(routed("/sample"), options),
+  encode: (inputs) => call(routed("/encode"), { inputs }),
+  reconstruct: (inputs) => call(routed("/reconstruct"), { inputs }),
+  score: (inputs, options) => call(routed("/anomaly-score"), { inputs, explain: true, ...options }),
+  interpolate: (body) => call(routed("/interpolate"), body),
 };

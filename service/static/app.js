@@ -1,5 +1,5 @@
 // The page: samples, scoring, interpolation and traversals, all through the public API.
-import { api, ApiError, apiKey, setApiKey } from "./api.js";
+import { api, ApiError, apiKey, modelParam, setApiKey, useModel } from "./api.js";
 import { canvas, drawHeatmap, drawItem, drawPixels } from "./draw.js";
 import { renderCard, startLive } from "./card.js";
 
@@ -193,6 +193,31 @@ function wire() {
   $("set-end").addEventListener("click", () => setEnd("end"));
 }
 
+// With several models, a picker (the choice lives in the address: ?model=name, so it can be shared).
+async function pickModel() {
+  let listing;
+  try {
+    listing = await api.models();
+  } catch {
+    return; // an older service or no key yet: the default model's routes still work
+  }
+  const names = listing.models.map((m) => m.name);
+  const chosen = modelParam() ?? listing.default_model ?? names[0];
+  if (!modelParam() && !listing.default_model && chosen) useModel(chosen);
+  if (names.length < 2) return;
+  const picker = $("model-picker");
+  for (const m of listing.models) {
+    const ready = m.versions.some((v) => v.ready);
+    picker.add(new Option(`${m.name} (v${m.default_version}${ready ? "" : ", not loaded"})`, m.name, false, m.name === chosen));
+  }
+  picker.parentElement.hidden = false;
+  picker.addEventListener("change", () => {
+    const url = new URL(location.href);
+    url.searchParams.set("model", picker.value);
+    location.assign(url);
+  });
+}
+
 async function boot() {
   wire();
   $("api-key").value = apiKey();
@@ -201,6 +226,7 @@ async function boot() {
     location.reload();
   });
   startLive($("live-table").tBodies[0], (err) => report("live-error", err));
+  await pickModel();
   while (!state.card) {
     try {
       state.card = await api.model();
