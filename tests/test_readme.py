@@ -7,6 +7,7 @@ import re
 import subprocess
 from pathlib import Path
 
+import httpx
 import pytest
 
 from tests.helpers import REPO, ServerProcess
@@ -67,7 +68,10 @@ def test_every_curl_works_as_written(page: Path, server: ServerProcess, tmp_path
         assert {"/sample", "/encode", "/reconstruct", "/interpolate", "/anomaly-score", "/readyz", "/model",
                 "/metrics"} <= paths
     host = server.url.removeprefix("http://")
+    # The pages name the default model (fashion-mnist-vae); the test server serves a tiny one.
+    served = httpx.get(server.url + "/model").json()["model"]["name"]
     for line in curls:
-        command = line.replace("curl ", "curl -f -S ", 1).replace("127.0.0.1:8000", host)
+        command = (line.replace("curl ", "curl -f -S ", 1).replace("127.0.0.1:8000", host)
+                   .replace("/models/fashion-mnist-vae/", f"/models/{served}/"))
         done = subprocess.run(["bash", "-c", command], cwd=tmp_path, capture_output=True, text=True, timeout=60)
         assert done.returncode == 0, f"{page.name}: {line}\n{done.stderr}"
