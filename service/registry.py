@@ -199,7 +199,9 @@ class ModelRegistry:
     # ---- loading and unloading ---------------------------------------------------------------
     def _start_load(self, slot: VersionSlot) -> asyncio.Task[ModelHandle]:
         if slot.loading is None:
-            self._make_room(keep=slot)
+            if not self._make_room(keep=slot):
+                raise ModelNotReady(f"model {slot.model!r}: {self.settings.max_loaded_models} versions are loading "
+                                    "(VAESERVE_MAX_LOADED_MODELS); retry", retry_after_s=max(1, math.ceil(self._load_s)))
             self._loaded.add(slot)
             slot.loading = asyncio.get_running_loop().create_task(self._load(slot))
             slot.loading.add_done_callback(lambda t: t.cancelled() or t.exception())  # retrieved: no warning
@@ -233,16 +235,19 @@ class ModelRegistry:
                  runtime.device, elapsed)
         return handle
 
-    def _make_room(self, *, keep: VersionSlot) -> None:
-        """Evict least-recently-used versions down to max_loaded_models - 1. An idle one goes first;
-        a busy one is taken out of routing and drained after its last request, never cut off."""
-        limit = self.settings.max_loaded_models
+    def _make_room(self, *, keep: VersionSlot) -> bool:
+        """Evict least-recently-used versions down to max_loaded_models - 1; False when every other
+        slot is still loading. An idle version goes first; a busy one is taken out of routing and
+        drained after its last request, never cut off. (One artifacts folder: no limit, a reload
+        must not unload the version it replaces before the new one is warm.)"""
+        limit = self.settings.max_loaded_models if self.settings.model_repository is not None else 0
         while limit and len(self._loaded - {keep}) >= limit:
             loaded = [s for s in self._loaded if s.handle is not None and s is not keep]
             if not loaded:
-                return  # everything else is still loading: go over the limit for now
+                return False
             victim = min(loaded, key=lambda s: (s.handle.active_requests > 0, s.last_used))  # type: ignore[union-attr]
             self._retire(victim, reason="lru")
+        return True
 
     def _retire(self, slot: VersionSlot, *, reason: str) -> None:
         """Take the slot's handle out of routing now; drain and free it in the background."""
@@ -325,7 +330,9 @@ class ModelRegistry:
             entries = {name: self._entry_for(source, previous=self.models.get(name)) for name, source in sources.items()}
             wanted = [slot for name, entry in entries.items() if not entry.source.problem and self._preloads(name, entry)
                       for slot in entry.slots.values() if slot.handle is None and not slot.error]
-            await asyncio.gather(*(self._start_load(slot) for slot in wanted), return_exceptions=True)
+            limit = self.settings.max_loaded_models or len(wanted)
+            # More preloads than may stay loaded would only evict each other: the first `limit` load.
+            await asyncio.gather(*(self._start_load(slot) for slot in wanted[:limit]), return_exceptions=True)
             for name, entry in entries.items():
                 self._keep_previous_primary_if_broken(entry, self.models.get(name))
             self._swap(entries)
