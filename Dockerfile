@@ -17,6 +17,7 @@ COPY pyproject.toml README.md ./
 COPY model ./model
 COPY training ./training
 COPY service ./service
+COPY vaeserve ./vaeserve
 RUN pip wheel --no-cache-dir --no-deps --wheel-dir /wheels .
 
 # ---- Python in a virtual environment; shared settings of every target

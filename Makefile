@@ -55,8 +55,8 @@ test-debs:
 	fi
 
 lint: venv
-	$(VENV)/bin/ruff check model training service tests benchmarks
-	$(VENV)/bin/mypy model training service
+	$(VENV)/bin/ruff check model training service vaeserve tests benchmarks
+	$(VENV)/bin/mypy model training service vaeserve
 
 test: venv test-debs lint
 	$(VENV)/bin/pytest -q tests

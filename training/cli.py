@@ -1,4 +1,6 @@
-"""The `vaeserve` command: train, evaluate, export, serve. Imports lazily: `serve` needs no torch."""
+"""`vaeserve train`, `evaluate` and `export`: the training side of the command (vaeserve/cli.py
+dispatches). Their arguments are defined here; torch is imported only when one of them runs.
+`python -m training.cli train ...` (what torchrun starts) goes through the same dispatcher."""
 
 from __future__ import annotations
 
@@ -26,11 +28,8 @@ def _add_data_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--val-fraction", type=float, default=1 / 12, help="share of training data held out for validation")
 
 
-def _build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="vaeserve", description="Train, export and serve variational autoencoders.")
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    sub = parser.add_subparsers(dest="command", required=True)
-
+def add_commands(sub: Any) -> None:
+    """train, evaluate and export, on the dispatcher's subparsers."""
     train = sub.add_parser("train", help="train a VAE and save checkpoints, metrics and pictures",
                            formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     _add_data_options(train)
@@ -65,6 +64,7 @@ def _build_parser() -> argparse.ArgumentParser:
                      help="train on grayscale pixels instead of dynamically binarized ones")
     opt.add_argument("--max-steps", type=int, default=0, help="stop after N optimizer steps (0: no limit)")
     train.add_argument("--out", type=Path, default=DEFAULT_RUN_DIR, help="run folder for checkpoints, metrics, pictures")
+    train.set_defaults(handler=_train)
 
     evaluate = sub.add_parser("evaluate", help="test -ELBO, importance-weighted NLL, active units, AUROC",
                               formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -72,6 +72,7 @@ def _build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--iwae-k", type=int, default=5000, help="importance samples K for the NLL estimate")
     evaluate.add_argument("--iwae-examples", type=int, default=500, help="test examples for the IWAE NLL (0: all)")
     evaluate.add_argument("--out", type=Path, default=None, help="where to write evaluation.json (default: beside the checkpoint)")
+    evaluate.set_defaults(handler=_evaluate)
 
     export = sub.add_parser("export", help="export ONNX + TorchScript graphs, parity-check, write manifest.json",
                             formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -83,35 +84,17 @@ def _build_parser() -> argparse.ArgumentParser:
     export.add_argument("--name", default="fashion-mnist-vae", help="model name reported by the service")
     export.add_argument("--version", default=None,
                         help="model version (default: the next integer in a repository, else a UTC timestamp)")
-
-    serve = sub.add_parser("serve", help="serve exported artifacts over HTTP (settings also from VAESERVE_* variables)",
-                           formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    serve.add_argument("--artifacts", type=Path, default=None, help="artifacts folder (VAESERVE_ARTIFACTS_DIR)")
-    serve.add_argument("--host", default=None, help="bind address (VAESERVE_HOST, default 127.0.0.1)")
-    serve.add_argument("--port", type=int, default=None, help="TCP port (VAESERVE_PORT, default 8000)")
-    serve.add_argument("--backend", choices=["onnxruntime", "torchscript"], default=None, help="VAESERVE_BACKEND")
-    serve.add_argument("--device", choices=["auto", "cpu", "cuda"], default=None, help="VAESERVE_DEVICE")
-    return parser
+    export.set_defaults(handler=_export)
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    handlers = {"train": _train, "evaluate": _evaluate, "export": _export, "serve": _serve}
-    try:
-        return handlers[args.command](args)
-    except Exception as exc:  # noqa: BLE001 - one place turns known failures into a clear exit
-        from model.manifest import ArtifactError
+    from vaeserve.cli import main as dispatch
 
-        known = (ValueError, FileNotFoundError, ArtifactError) + _training_errors()
-        if isinstance(exc, known):
-            print(f"vaeserve {args.command}: error: {exc}", file=sys.stderr)
-            return 2
-        raise
+    return dispatch(argv)
 
 
-def _training_errors() -> tuple[type[Exception], ...]:
+def known_errors() -> tuple[type[Exception], ...]:
+    """Failures `vaeserve` reports as one line (exit 2) instead of a traceback."""
     try:
         from training.data import DatasetError
         from training.export import ParityError
@@ -213,14 +196,6 @@ def _export(args: argparse.Namespace) -> int:
                             version=version, metrics=metrics)
     print(json.dumps({"artifacts": str(out), "model": manifest["model"], "parity": manifest["parity"]}, indent=2))
     return 0
-
-
-def _serve(args: argparse.Namespace) -> int:
-    from service.__main__ import serve
-
-    overrides = {k: v for k, v in {"artifacts_dir": args.artifacts, "host": args.host, "port": args.port,
-                                   "backend": args.backend, "device": args.device}.items() if v is not None}
-    return serve(overrides)
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ from tests.helpers import REPO, ServerProcess, free_port, wait_for_http, wait_un
 NGINX_TEMPLATE = REPO / "deploy/nginx/templates/default.conf.template"
 PROMETHEUS_CONFIG = REPO / "deploy/prometheus/prometheus.yml"
 # The serve image has no torch: the replicas run with torch made unimportable to prove they need none.
-SERVE_WITHOUT_TORCH = ("import sys; sys.modules['torch'] = None; from training.cli import main; "
+SERVE_WITHOUT_TORCH = ("import sys; sys.modules['torch'] = None; from vaeserve.cli import main; "
                        "sys.exit(main(['serve']))")
 
 

@@ -1,0 +1,1 @@
+"""The `vaeserve` command (vaeserve/cli.py): one entry point for training and serving, importing neither."""
