@@ -6,6 +6,12 @@ with a pydantic model, constant answer); R2 (bare ASGI + orjson, constant answer
 uvicorn worker. Then items/s for 256-item requests against in-process ONNX Runtime.
 
     .venv/bin/python benchmarks/serve_load.py --artifacts artifacts [--duration-s 5]
+
+What operating it costs (docs/operations.md), against batching-on in the same run: `access-log`
+(VAESERVE_ACCESS_LOG=json, to a file) and `tracing` (every request traced, spans exported over
+OTLP/HTTP to a sink in this process that answers 200):
+
+    .venv/bin/python benchmarks/serve_load.py --only batching-on access-log tracing --connections 1 64
 """
 
 from __future__ import annotations
@@ -18,7 +24,9 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import httpx
@@ -49,6 +57,25 @@ def start(cmd: list[str], env: dict[str, str], port: int, ready_path: str, log: 
             time.sleep(0.2)
     proc.kill()
     raise RuntimeError(f"{cmd} did not start: {log.read_text()[-2000:]}")
+
+
+class _OtlpSink(BaseHTTPRequestHandler):
+    """Accepts OTLP/HTTP exports and drops them (what a collector's receiver costs is not measured)."""
+
+    def do_POST(self) -> None:  # noqa: N802 - http.server's name
+        self.rfile.read(int(self.headers.get("content-length", 0)))
+        self.send_response(200)
+        self.send_header("content-length", "0")
+        self.end_headers()
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def otlp_sink() -> str:
+    server = ThreadingHTTPServer(("127.0.0.1", free_port()), _OtlpSink)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return f"http://127.0.0.1:{server.server_address[1]}"
 
 
 def wrk(port: int, connections: int, duration_s: int, lua: Path) -> dict[str, float]:
@@ -90,7 +117,8 @@ def main() -> None:
     parser.add_argument("--artifacts", type=Path, default=REPO / "artifacts")
     parser.add_argument("--duration-s", type=int, default=5)
     parser.add_argument("--connections", type=int, nargs="+", default=[1, 16, 64])
-    parser.add_argument("--only", nargs="*", default=None, help="subset of: batching-on batching-off R1 R2")
+    parser.add_argument("--only", nargs="*", default=None,
+                        help="subset of: batching-on batching-off R1 R2 access-log tracing (the last two only when named)")
     parser.add_argument("--mc-samples", type=int, default=16, help="mc_samples of each request (the API default is 16)")
     parser.add_argument("--batch-wait-s", type=float, default=None, help="VAESERVE_BATCH_WAIT_TIMEOUT_S for batching-on")
     args = parser.parse_args()
@@ -107,19 +135,25 @@ def main() -> None:
     python = sys.executable
     service = [python, "-m", "service"]
     uvicorn = [python, "-m", "uvicorn", "--host", "127.0.0.1", "--no-access-log", "--log-level", "warning"]
+    on = {"VAESERVE_MAX_BATCH_SIZE": "256",
+          **({"VAESERVE_BATCH_WAIT_TIMEOUT_S": str(args.batch_wait_s)} if args.batch_wait_s is not None else {})}
     targets = {
-        "batching-on": (service, {"VAESERVE_MAX_BATCH_SIZE": "256", **({"VAESERVE_BATCH_WAIT_TIMEOUT_S": str(args.batch_wait_s)}
-                                                                      if args.batch_wait_s is not None else {})}, "/readyz"),
+        "batching-on": (service, on, "/readyz"),
         "batching-off": (service, {"VAESERVE_MAX_BATCH_SIZE": "1"}, "/readyz"),
+        "access-log": (service, {**on, "VAESERVE_ACCESS_LOG": "json"}, "/readyz"),
         "R1": (uvicorn + ["benchmarks.reference_apps:r1"], {}, ""),
         "R2": (uvicorn + ["benchmarks.reference_apps:r2"], {}, ""),
     }
+    if args.only and "tracing" in args.only:
+        targets["tracing"] = (service, {**on, "OTEL_EXPORTER_OTLP_ENDPOINT": otlp_sink(),
+                                        "OTEL_TRACES_SAMPLER": "always_on"}, "/readyz")
+    opt_in = {"access-log", "tracing"}
     results: dict[str, dict[int, dict[str, float]]] = {}
     print(f"wrk -t1, {args.duration_s}s per point, single-item /anomaly-score ({features} floats, "
           f"mc_samples={args.mc_samples})")
     print(f"{'server':<14}{'conns':>6}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'non-2xx':>9}")
     for name, (cmd, env, ready) in targets.items():
-        if args.only and name not in args.only:
+        if (args.only and name not in args.only) or (not args.only and name in opt_in):
             continue
         port = free_port()
         env = {**env, "VAESERVE_ARTIFACTS_DIR": str(args.artifacts), "VAESERVE_PORT": str(port),
@@ -145,6 +179,12 @@ def main() -> None:
         for ref in ("R1", "R2", "batching-off"):
             if ref in results:
                 print(f"batching-on / {ref:<13} at {c} connections: {on / results[ref][c]['rps']:.2f}x")
+        for name in sorted(opt_in & set(results)):
+            for conns in args.connections:
+                cost = 1 - results[name][conns]["rps"] / results["batching-on"][conns]["rps"]
+                print(f"{name} at {conns} connections: {results[name][conns]['rps']:.0f} req/s, {cost:+.1%} fewer "
+                      f"than batching-on (p50 {results[name][conns]['p50_ms']:.2f} vs "
+                      f"{results['batching-on'][conns]['p50_ms']:.2f} ms)")
         if "many" in results:
             served = results["many"][4]["rps"] * 256
             local = in_process_items_per_s(args.artifacts, 256, args.mc_samples)

@@ -118,6 +118,8 @@ def prometheus_config_for(targets: list[str]) -> dict[str, object]:
     assert len(jobs) == 1 and "dns_sd_configs" in jobs[0], f"{PROMETHEUS_CONFIG}: one vaeserve job with dns_sd_configs"
     del jobs[0]["dns_sd_configs"]
     jobs[0]["static_configs"] = [{"targets": targets}]
+    # The rule files are relative to prometheus.yml; the loopback copy lives elsewhere.
+    config["rule_files"] = [str(PROMETHEUS_CONFIG.parent / name) for name in config.get("rule_files", [])]
     return config
 
 

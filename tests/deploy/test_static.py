@@ -142,12 +142,13 @@ def test_every_copied_file_is_in_the_build_context() -> None:
 def test_pinned_requirements_satisfy_pyproject() -> None:
     serve, train = pins(REPO / "deploy/requirements/serve.txt"), pins(REPO / "deploy/requirements/train.txt")
     assert "torch" not in serve and "torch" not in train  # torch: its own layer, from the CPU index
-    for extra, pinned in (("serve", serve), ("train", train)):
+    # The serve image has the tracing extra too: tracing is then a matter of OTEL_* variables.
+    for extra, file, pinned in (("serve", "serve", serve), ("tracing", "serve", serve), ("train", "train", train)):
         for requirement in pyproject_extra(extra):
             if requirement.name == "torch":
                 continue
             name = normalize(requirement.name)
-            assert name in pinned, f"deploy/requirements/{extra}.txt lacks {requirement}"
+            assert name in pinned, f"deploy/requirements/{file}.txt lacks {requirement}"
             assert requirement.specifier.contains(pinned[name]), f"{name}=={pinned[name]} violates pyproject's {requirement}"
 
 
@@ -253,6 +254,54 @@ def test_prometheus_configs_pass_promtool(tmp_path: Path) -> None:
         assert done.returncode == 0, done.stdout + done.stderr
 
 
+ALERTS = REPO / "deploy/prometheus/alerts.yml"
+
+
+def alert_rule(name: str) -> dict[str, Any]:
+    (rule,) = [r for g in yaml.safe_load(ALERTS.read_text())["groups"] for r in g["rules"] if r.get("alert") == name]
+    return rule  # type: ignore[no-any-return]
+
+
+def test_alert_rules_pass_promtool_and_fire_when_they_should(tmp_path: Path) -> None:
+    promtool = require_binary("promtool")
+    done = subprocess.run([promtool, "check", "rules", str(ALERTS)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "alerts.yml" in yaml.safe_load(PROMETHEUS_CONFIG.read_text())["rule_files"]
+    drift, quota = alert_rule("VaeserveInputDrift"), alert_rule("VaeserveKeyOverQuota")
+    cases = {"rule_files": [str(ALERTS)], "evaluation_interval": "1m", "tests": [{
+        "interval": "1m",
+        "input_series": [
+            # one replica sees drift from minute 2 on, the other does not: the model version drifts
+            {"series": 'vaeserve_drift_detected{instance="a:8000",model="m",version="3"}', "values": "0 0 1x30"},
+            {"series": 'vaeserve_drift_detected{instance="b:8000",model="m",version="3"}', "values": "0x32"},
+            {"series": 'vaeserve_drift_detected{instance="a:8000",model="n",version="1"}', "values": "0x32"},
+            # team-a: 1 refused per second beside 0.5 admitted; team-b: 0.1 refused beside 1 admitted
+            {"series": 'vaeserve_key_quota_refusals_total{instance="a:8000",key="team-a",limit="requests"}',
+             "values": "0+60x32"},
+            {"series": 'vaeserve_key_requests_total{instance="a:8000",key="team-a"}', "values": "0+30x32"},
+            {"series": 'vaeserve_key_quota_refusals_total{instance="a:8000",key="team-b",limit="requests"}',
+             "values": "0+6x32"},
+            {"series": 'vaeserve_key_requests_total{instance="a:8000",key="team-b"}', "values": "0+60x32"},
+        ],
+        "alert_rule_test": [
+            {"eval_time": "11m", "alertname": "VaeserveInputDrift", "exp_alerts": []},  # pending: 9 of 10 min
+            {"eval_time": "13m", "alertname": "VaeserveInputDrift", "exp_alerts": [{
+                "exp_labels": {"model": "m", "version": "3", **drift["labels"]},
+                "exp_annotations": {"summary": drift["annotations"]["summary"].replace("{{ $labels.model }}", "m")
+                                    .replace("{{ $labels.version }}", "3"),
+                                    "description": drift["annotations"]["description"]}}]},
+            {"eval_time": "10m", "alertname": "VaeserveKeyOverQuota", "exp_alerts": []},
+            {"eval_time": "25m", "alertname": "VaeserveKeyOverQuota", "exp_alerts": [{
+                "exp_labels": {"key": "team-a", **quota["labels"]},
+                "exp_annotations": {"summary": quota["annotations"]["summary"].replace("{{ $labels.key }}", "team-a"),
+                                    "description": quota["annotations"]["description"]}}]},
+        ],
+    }]}
+    (tmp_path / "alerts_test.yml").write_text(yaml.safe_dump(cases))
+    done = subprocess.run([promtool, "test", "rules", str(tmp_path / "alerts_test.yml")], capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
 # ---- Grafana
 
 def dashboard() -> dict[str, Any]:
@@ -290,7 +339,8 @@ def test_dashboard_covers_what_operators_watch() -> None:
     metrics = queried_metrics()
     for needed in ("vaeserve_requests_total", "vaeserve_request_latency_seconds_bucket",
                    "vaeserve_queue_wait_seconds_bucket", "vaeserve_batch_size_items_bucket",
-                   "vaeserve_rejections_total", "vaeserve_anomaly_score_nats_bucket"):
+                   "vaeserve_rejections_total", "vaeserve_anomaly_score_nats_bucket", "vaeserve_drift_detected",
+                   "vaeserve_in_flight_requests"):
         assert needed in metrics, f"the dashboard has no panel on {needed}"
     exprs = " ".join(t["expr"] for p in dashboard()["panels"] for t in p["targets"])
     assert "histogram_quantile(0.5," in exprs and "histogram_quantile(0.99," in exprs
@@ -356,13 +406,32 @@ def test_kubernetes_deployments_probe_drain_and_bound_resources() -> None:
         assert pod["spec"]["volumes"][0]["persistentVolumeClaim"]["claimName"] == "vaeserve-artifacts"
     gpu = deployments["vaeserve-gpu"]["spec"]["template"]["spec"]["containers"][0]
     assert gpu["resources"]["limits"]["nvidia.com/gpu"] == 1 and gpu["image"] == "vaeserve:serve-gpu"
-    (hpa,) = by_kind("HorizontalPodAutoscaler")
-    assert hpa["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": "vaeserve"}
+    hpas = by_kind("HorizontalPodAutoscaler")  # hpa.yaml (CPU) and custom-metrics/hpa.yaml, which replaces it
+    assert len(hpas) == 2 and {h["metadata"]["name"] for h in hpas} == {"vaeserve"}
+    for hpa in hpas:
+        assert hpa["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": "vaeserve"}
     (job,) = by_kind("Job")
     job_pod = job["spec"]["template"]["spec"]
     assert job_pod["containers"][0]["command"] == ["train-if-missing"]
     claims = {v["persistentVolumeClaim"]["claimName"] for v in job_pod["volumes"] if "persistentVolumeClaim" in v}
     assert claims == {"vaeserve-artifacts"}
+
+
+def test_the_load_hpa_scales_on_what_prometheus_adapter_publishes(server: ServerProcess) -> None:
+    """custom-metrics/: each HPA metric is a rule of the adapter, and each rule's series exists in /metrics."""
+    folder = K8S / "custom-metrics"
+    (config_map,) = [d for d in yaml.safe_load_all((folder / "prometheus-adapter.yaml").read_text()) if d]
+    rules = yaml.safe_load(config_map["data"]["config.yaml"])["rules"]
+    published = {rule["name"]["as"]: re.match(r"(\w+)\{", rule["seriesQuery"]).group(1) for rule in rules}  # type: ignore[union-attr]
+    for rule in rules:
+        assert set(rule["resources"]["overrides"]) == {"namespace", "pod"} and "<<.LabelMatchers>>" in rule["metricsQuery"]
+        assert re.fullmatch(rule["name"]["matches"], published[rule["name"]["as"]])
+    (hpa,) = [d for d in yaml.safe_load_all((folder / "hpa.yaml").read_text()) if d]
+    scaled_on = {m["pods"]["metric"]["name"] for m in hpa["spec"]["metrics"] if m["type"] == "Pods"}
+    assert scaled_on == set(published) == {"vaeserve_in_flight_requests", "vaeserve_queue_items"}
+    exposition = httpx.get(server.url + "/metrics").text
+    exposed = {family.name for family in text_string_to_metric_families(exposition)}
+    assert set(published.values()) <= exposed, f"adapter rules on series the service does not export: {published}"
 
 
 # ---- deploy/README.md
