@@ -1,4 +1,3 @@
-# syntax=docker/dockerfile:1
 # vaeserve images (deploy/README.md):
 #   docker build --target train -t vaeserve:train .                           torch on CPU; trains and exports
 #   docker build --target serve -t vaeserve:serve .                           slim ONNX Runtime service, no torch
@@ -77,10 +76,13 @@ FROM runtime-${RUNTIME} AS serve
 COPY --from=wheel /wheels /tmp/wheels
 RUN pip install --no-cache-dir --no-deps /tmp/wheels/vaeserve-*.whl && rm -rf /tmp/wheels && mkdir -p /artifacts
 # Every VAESERVE_* setting can be overridden at run time (deploy/README.md has the table).
-ENV VAESERVE_HOST=0.0.0.0 VAESERVE_PORT=8000 VAESERVE_ARTIFACTS_DIR=/artifacts
+# HOME: the user has none; ONNX Runtime keeps a small cache under it, the only write the server makes, so
+# a read-only root filesystem needs just a tmpfs on /tmp.
+ENV VAESERVE_HOST=0.0.0.0 VAESERVE_PORT=8000 VAESERVE_ARTIFACTS_DIR=/artifacts HOME=/tmp
 USER 10001
 EXPOSE 8000
 VOLUME ["/artifacts"]
 HEALTHCHECK --interval=10s --timeout=3s --start-period=60s --retries=3 CMD ["python", "-m", "service.healthcheck"]
-# Exec form: the server is PID 1 and gets SIGTERM itself (graceful shutdown, exit status 143).
+# Exec form: the server is PID 1 and gets SIGTERM itself (graceful shutdown, exit status 143: `docker
+# inspect` shows it after `docker stop`; tests/containers/test_stack.py reads this line).
 ENTRYPOINT ["vaeserve", "serve"]

@@ -58,7 +58,10 @@ lint: venv
 	$(VENV)/bin/ruff check model training service vaeserve tests benchmarks
 	$(VENV)/bin/mypy model training service vaeserve
 
+# tests/containers/ needs a Docker engine: started here when it can be (root, docker.io installed),
+# skipped with a plain message otherwise (.ci/run installs it and requires those tests).
 test: venv test-debs lint
+	-@tests/containers/start-dockerd.sh
 	$(VENV)/bin/pytest -q tests
 
 bench: export

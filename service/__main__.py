@@ -79,8 +79,11 @@ def serve(overrides: dict[str, Any] | None = None) -> int:
     config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level=settings.log_level,
                             access_log=False, workers=1,
                             timeout_graceful_shutdown=math.ceil(settings.shutdown_drain_timeout_s))
-    GracefulServer(config, app=app, grace_s=settings.shutdown_grace_s).run()
-    return 0
+    server = GracefulServer(config, app=app, grace_s=settings.shutdown_grace_s)
+    server.run()
+    # uvicorn re-raises the signal it caught, which ends the process with 128 + signal, except as PID 1 (a
+    # container's entry point), where the kernel ignores it: give the same status there (143 for SIGTERM).
+    return 128 + server._signal if server.signalled_at is not None else 0
 
 
 if __name__ == "__main__":
