@@ -235,7 +235,9 @@ def _add_model_routes() -> None:
                        "description": _PATH_PARAMS[n]} for n in names]
             extra = {**(route.openapi_extra or {}), "parameters": params + ([] if "version" in names else [_PINNING])}
             router.add_api_route(prefix + route.path, route.endpoint, methods=["POST"], tags=["models"],
-                                 response_model=route.response_model, responses=route.responses,
+                                 response_model=route.response_model,
+                                 responses={**route.responses, 404: {"model": schemas.ErrorResponse,
+                                                                     "description": "no such model or version"}},
                                  openapi_extra=extra, summary=f"{route.summary} (one model)",
                                  name=f"{route.name}_{'version' if 'version' in names else 'model'}")
 

@@ -16,10 +16,11 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.cors import CORSMiddleware
+from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service import admin, api, drift, models, ops, schemas, v2, web
-from service.errors import ServiceError, error_response, internal_error_response, json_error
+from service.errors import ClientDisconnected, ServiceError, error_response, internal_error_response, json_error
 from service.fastlane import FastLane
 from service.metrics import Metrics
 from service.quotas import QuotaMiddleware, load_keys_and_quotas, reload_keys_and_quotas
@@ -109,7 +110,9 @@ class MetricsMiddleware:
             if counter is None:
                 counter = self.counters[(endpoint, status)] = self.metrics.requests.labels(endpoint=endpoint, status=str(status))
             counter.inc()
-            if status in REJECTION_REASONS:
+            if status == ClientDisconnected.status_code:
+                self.metrics.client_disconnects.inc()
+            elif status in REJECTION_REASONS:
                 record = current_request()  # a 429 can be a key's quota rather than a full queue
                 reason = record.rejection if record is not None and record.rejection else REJECTION_REASONS[status]
                 self.metrics.rejections.labels(reason=reason).inc()
@@ -132,6 +135,11 @@ def install_error_handlers(app: FastAPI) -> None:
         kinds = {404: "not_found", 405: "method_not_allowed"}
         return json_error(exc.status_code, str(exc.detail), kinds.get(exc.status_code, "http_error"),
                           dict(exc.headers or {}))
+
+    @app.exception_handler(ClientDisconnect)  # a body FastAPI reads itself (pydantic body models)
+    async def client_disconnect(request: Request, _: ClientDisconnect) -> Response:
+        log.debug("client disconnected during %s %s", request.method, request.url.path)
+        return error_response(ClientDisconnected("client disconnected"))
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> Response:

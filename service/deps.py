@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import logging
 from collections.abc import Coroutine
 from typing import Annotated, Any, TypeVar
 
@@ -12,10 +13,20 @@ import orjson
 from fastapi import Depends, Request
 from pydantic import BaseModel, ValidationError
 
-from service.errors import InvalidInput, MalformedBody, PayloadTooLarge, RequestTimeout, UnsupportedMediaType
+from service.errors import (
+    BodyReadTimeout,
+    BodyTooLarge,
+    ClientDisconnected,
+    InvalidInput,
+    MalformedBody,
+    PayloadTooLarge,
+    UnsupportedMediaType,
+)
+from service.npy_body import load_npy
 from service.registry import ModelRegistry
 from service.settings import Settings
 
+log = logging.getLogger("vaeserve.deps")
 T = TypeVar("T")
 M = TypeVar("M", bound=BaseModel)
 
@@ -58,18 +69,42 @@ def media_type(header: str | None) -> str:
     return (header or "").split(";")[0].strip().lower()
 
 
+# A too-large body is read and dropped up to this many times the limit before the connection closes,
+# so a client that sends it anyway reads the 413 (past that it gets a reset, which costs us nothing).
+LINGER_BODY_FACTOR = 4
+
+
 async def read_body(request: Request, settings: Settings) -> bytes:
-    """The raw body, refused with 413 as soon as it passes max_body_bytes."""
+    """The raw body: 413 as soon as Content-Length or the bytes read pass max_body_bytes, 408 if it has
+    not all come within body_read_timeout_s, ClientDisconnected (not an error of ours) if the client
+    goes away meanwhile."""
+    limit, timeout_s = settings.max_body_bytes, settings.body_read_timeout_s
+    linger_bytes = LINGER_BODY_FACTOR * limit
     declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > settings.max_body_bytes:
-        raise PayloadTooLarge(f"body of {declared} bytes exceeds the limit of {settings.max_body_bytes}")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise BodyTooLarge(f"body of {declared} bytes exceeds the limit of {limit}", linger_s=timeout_s,
+                           linger_bytes=linger_bytes if int(declared) <= linger_bytes else 0)
     chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > settings.max_body_bytes:
-            raise PayloadTooLarge(f"body exceeds the limit of {settings.max_body_bytes} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)
+    try:
+        async with asyncio.timeout(timeout_s):
+            while True:
+                message = await request.receive()
+                if message["type"] == "http.disconnect":
+                    log.debug("client disconnected after sending %d body bytes", size)
+                    raise ClientDisconnected(f"client disconnected after sending {size} body bytes")
+                chunk, more = message.get("body", b""), message.get("more_body", False)
+                size += len(chunk)
+                if size > limit:
+                    if more:  # it is still sending: answer, drop the rest, close
+                        raise BodyTooLarge(f"body exceeds the limit of {limit} bytes", linger_s=timeout_s,
+                                           linger_bytes=linger_bytes)
+                    raise PayloadTooLarge(f"body of {size} bytes exceeds the limit of {limit}")
+                chunks.append(chunk)
+                if not more:
+                    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+    except TimeoutError:
+        raise BodyReadTimeout(f"the body did not arrive within body_read_timeout_s ({timeout_s}s); "
+                              f"{size} bytes came") from None
 
 
 async def read_request(request: Request, settings: Settings) -> dict[str, Any]:
@@ -78,7 +113,7 @@ async def read_request(request: Request, settings: Settings) -> dict[str, Any]:
     content_type = media_type(request.headers.get("content-type"))
     if content_type == NPY:
         fields: dict[str, Any] = {k: _query_value(v) for k, v in request.query_params.items()}
-        fields["inputs"] = parse_npy(await read_body(request, settings))
+        fields["inputs"] = parse_npy(await read_body(request, settings), max_items=settings.max_items_per_request)
         return fields
     if content_type and not content_type.endswith("json"):
         raise UnsupportedMediaType(f"content-type must be application/json or {NPY}, got {content_type!r}")
@@ -100,12 +135,9 @@ def _query_value(text: str) -> Any:
         return text
 
 
-def parse_npy(body: bytes) -> Any:
-    """An .npy array (no pickles: object arrays are refused)."""
-    try:
-        return np.load(io.BytesIO(body), allow_pickle=False)
-    except (ValueError, OSError, EOFError) as exc:
-        raise MalformedBody(f"body is not a valid .npy array: {exc}") from None
+def parse_npy(body: bytes, *, max_items: int) -> np.ndarray:
+    """The `inputs` of an .npy body, its header checked before anything is allocated (no pickles)."""
+    return load_npy(body, field="inputs", max_items=max_items)
 
 
 def wants_npy(request: Request) -> bool:
@@ -152,7 +184,7 @@ async def unless_disconnected(request: Request, work: Coroutine[Any, Any, T], *,
         return await work
     except asyncio.CancelledError:
         if watcher.done() and not watcher.cancelled():
-            raise RequestTimeout("client disconnected") from None
+            raise ClientDisconnected("client disconnected; its queued items were dropped") from None
         raise
     finally:
         watcher.cancel()

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import orjson
 from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
 
 
 class ServiceError(Exception):
@@ -53,6 +56,35 @@ class PayloadTooLarge(ServiceError):
     error_type = "payload_too_large"
 
 
+class BodyTooLarge(PayloadTooLarge):
+    """The body passes max_body_bytes while the client may still be sending it: answer, then close
+    after dropping what it sends for up to linger_s / linger_bytes (a lingering close, as nginx does),
+    so it finishes sending and reads the 413 instead of a reset."""
+
+    def __init__(self, message: str, *, linger_s: float, linger_bytes: int) -> None:
+        super().__init__(message, headers={"Connection": "close"})
+        self.linger_s = linger_s
+        self.linger_bytes = linger_bytes
+
+
+class BodyReadTimeout(ServiceError):
+    """The body did not arrive within body_read_timeout_s (a slow or stalled client): 408, then close."""
+
+    status_code = 408
+    error_type = "body_read_timeout"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, headers={"Connection": "close"})
+
+
+class ClientDisconnected(ServiceError):
+    """The client went away before its answer: not a server error. Nobody reads the response; 499
+    (nginx's "client closed request") keeps it apart in the metrics and the access log."""
+
+    status_code = 499
+    error_type = "client_disconnected"
+
+
 class Overloaded(ServiceError):
     """The queue is full: refuse at once rather than let the client wait (429 + Retry-After)."""
 
@@ -84,7 +116,38 @@ def json_error(status: int, message: str, error_type: str, headers: dict[str, st
 
 
 def error_response(exc: ServiceError) -> Response:
+    if isinstance(exc, BodyTooLarge):
+        return LingeringCloseResponse(orjson.dumps({"error": exc.message, "error_type": exc.error_type}),
+                                      status_code=exc.status_code, headers=exc.headers, linger_s=exc.linger_s,
+                                      linger_bytes=exc.linger_bytes)
     return json_error(exc.status_code, exc.message, exc.error_type, exc.headers)
+
+
+class LingeringCloseResponse(Response):
+    """Send the whole answer, read and drop the rest of the request body (bounded in time and bytes),
+    then close: closing with unread bytes would reset the connection, and a client still sending
+    would see the reset, not the answer."""
+
+    def __init__(self, content: bytes, *, status_code: int, headers: dict[str, str], linger_s: float,
+                 linger_bytes: int) -> None:
+        super().__init__(content, status_code=status_code, headers=headers, media_type="application/json")
+        self.linger_s = linger_s
+        self.linger_bytes = linger_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
+        await send({"type": "http.response.body", "body": self.body, "more_body": True})  # complete (Content-Length)
+        dropped = 0
+        try:
+            async with asyncio.timeout(self.linger_s):
+                while dropped <= self.linger_bytes:
+                    message = await receive()
+                    if message["type"] != "http.request" or not message.get("more_body", False):
+                        break
+                    dropped += len(message.get("body", b""))
+        except TimeoutError:
+            pass
+        await send({"type": "http.response.body", "body": b""})  # the server closes (Connection: close)
 
 
 def internal_error_response() -> Response:

@@ -41,7 +41,8 @@ class FastLane:
         try:
             response = await handler(Request(scope, receive))
         except ServiceError as exc:
-            response = error_response(exc)
+            await error_response(exc)(scope, receive, send)  # its own ASGI call: a 413 lingers before closing
+            return
         except Exception:
             log.exception("unexpected error on POST %s", scope["path"])
             response = internal_error_response()

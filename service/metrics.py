@@ -30,6 +30,9 @@ class Metrics:
                                     graph_labels, buckets=BATCH_SIZE_BUCKETS, registry=r)
         self.queue_depth = Gauge("vaeserve_queue_depth_items", "Items waiting in a batcher queue", graph_labels, registry=r)
         self.rejections = Counter("vaeserve_rejections_total", "Requests refused, by reason", ["reason"], registry=r)
+        self.client_disconnects = Counter("vaeserve_client_disconnects_total", "Requests whose client went away "
+                                          "before the answer (status 499 in vaeserve_requests_total; not errors)",
+                                          registry=r)
         self.anomaly_score = Histogram("vaeserve_anomaly_score_nats", "Anomaly scores served (for drift dashboards)",
                                        ["model", "version", "variant"], buckets=SCORE_BUCKETS, registry=r)
         self.model_info = Gauge("vaeserve_model_info", "A loaded model version (value is always 1)",

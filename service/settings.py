@@ -38,6 +38,8 @@ class Settings(BaseSettings):
     request_timeout_s: float = Field(10.0, gt=0, description="a request still queued after this gets 504")
     max_items_per_request: int = Field(1024, ge=1, description="items in one request before 413")
     max_body_bytes: int = Field(32 * 1024 * 1024, ge=1024, description="request body size before 413")
+    body_read_timeout_s: float = Field(10.0, gt=0, description="a request body not fully received this long after "
+                                                               "its reading starts gets 408 (slow or stalled clients)")
     max_mc_samples: int = Field(1024, ge=1, description="upper bound for mc_samples in /anomaly-score")
     max_sample_n: int = Field(1024, ge=1, description="upper bound for n in /sample")
     intra_op_threads: int = Field(0, ge=0, description="ONNX Runtime / torch threads per graph (0: library default)")

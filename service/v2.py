@@ -5,6 +5,7 @@ unload). Model names are `<model>.<graph>`; the default model's graphs also answ
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -126,7 +127,12 @@ async def repository_index(request: Request, registry: RegistryDep, settings: Se
     return _json([entry for entry in index if entry["state"] == "READY" or not only_ready])  # type: ignore[arg-type]
 
 
-@router.post("/repository/models/{name}/load", summary="Load (and warm) every available version of a model (admin)")
+ADMIN_ONLY: dict[int | str, dict[str, Any]] = {code: {"model": ErrorResponse, "description": text} for code, text in (
+    (401, "no or unknown API key"), (403, "not an admin key, or admin routes off"))}
+
+
+@router.post("/repository/models/{name}/load", summary="Load (and warm) every available version of a model (admin)",
+             responses=ADMIN_ONLY)
 async def repository_load(registry: RegistryDep, name: str) -> Response:
     model = _repository_model(registry, name)
     try:
@@ -136,7 +142,8 @@ async def repository_load(registry: RegistryDep, name: str) -> Response:
     return _json({})
 
 
-@router.post("/repository/models/{name}/unload", summary="Unload a model; it drains its requests first (admin)")
+@router.post("/repository/models/{name}/unload", summary="Unload a model; it drains its requests first (admin)",
+             responses=ADMIN_ONLY)
 async def repository_unload(registry: RegistryDep, name: str) -> Response:
     registry.unload_model(_repository_model(registry, name))
     return _json({})
@@ -176,23 +183,29 @@ def _feeds(header: dict[str, Any], binary: bytes, spec: dict[str, Any], *, max_i
             raise InvalidInput(f"inputs[{i}] ({name}): datatype must be FP32 (or FP64), got {datatype!r}")
         if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
             raise InvalidInput(f"inputs[{i}] ({name}): shape must be a list of non-negative integers")
-        dtype = DATATYPES[datatype]
-        size = (tensor.get("parameters") or {}).get("binary_data_size")
-        try:
-            if size is not None:
-                if not isinstance(size, int) or offset + size > len(binary):
-                    raise InvalidInput(f"inputs[{i}] ({name}): binary_data_size {size!r} exceeds the binary payload")
-                array = np.frombuffer(binary[offset:offset + size], dtype=dtype).reshape(shape)
-                offset += size
-            else:
-                array = np.asarray(tensor.get("data"), dtype=dtype).reshape(shape)
-        except (ValueError, TypeError):
-            raise InvalidInput(f"inputs[{i}] ({name}): data does not hold numbers of shape {shape}") from None
+        # The claimed shape is checked before any data is decoded.
         want = expected[name]["shape"]
         if len(shape) != len(want) or any(isinstance(w, int) and w != d for w, d in zip(want, shape)):
             raise InvalidInput(f"inputs[{i}] ({name}): shape {shape} does not match {want}")
         if shape[0] == 0 or shape[0] > max_items:
             raise InvalidInput(f"inputs[{i}] ({name}): batch of {shape[0]} items is outside 1..{max_items}")
+        dtype = DATATYPES[datatype]
+        size = (tensor.get("parameters") or {}).get("binary_data_size")
+        if size is not None:
+            if not isinstance(size, int) or size < 0 or offset + size > len(binary):
+                raise InvalidInput(f"inputs[{i}] ({name}): binary_data_size {size!r} exceeds the binary payload")
+            claimed = math.prod(shape) * np.dtype(dtype).itemsize
+            if claimed != size:
+                raise InvalidInput(f"inputs[{i}] ({name}): shape {shape} of {datatype} is {claimed} bytes, "
+                                   f"binary_data_size is {size}")
+        try:
+            if size is not None:
+                array = np.frombuffer(binary, dtype=dtype, count=math.prod(shape), offset=offset).reshape(shape)
+                offset += size
+            else:
+                array = np.asarray(tensor.get("data"), dtype=dtype).reshape(shape)
+        except (ValueError, TypeError):
+            raise InvalidInput(f"inputs[{i}] ({name}): data does not hold numbers of shape {shape}") from None
         with np.errstate(over="ignore"):
             feeds[name] = np.ascontiguousarray(array, dtype=np.float32)
         if not np.isfinite(feeds[name]).all():

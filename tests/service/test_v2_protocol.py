@@ -93,4 +93,4 @@ def test_npy_object_arrays_are_refused_without_unpickling(server: ServerProcess)
     buffer = io.BytesIO()
     np.save(buffer, np.array([{"a": 1}], dtype=object), allow_pickle=True)
     response = httpx.post(server.url + "/encode", content=buffer.getvalue(), headers={"content-type": "application/x-npy"})
-    assert response.status_code == 400 and "npy" in response.json()["error"]
+    assert response.status_code == 422 and "the .npy array must be numeric, got dtype object" in response.json()["error"]
