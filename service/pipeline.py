@@ -174,8 +174,12 @@ def _batch_observer(metrics: Metrics, ref: dict[str, str], graph: str) -> Any:
 
 def load_warm_runtime(artifacts_dir: Path, settings: Settings) -> ModelRuntime:
     """Verify, load and warm one version's graphs (blocking: run it off the event loop)."""
+    # With a repository, many sessions run side by side (inference_workers batches at once), and a
+    # thread pool per session sized to every core oversubscribes them: ten models served 29% of one
+    # model's rate that way, 88% with one thread each (benchmarks/serve_models.py).
+    threads = settings.intra_op_threads or (1 if settings.model_repository is not None else 0)
     runtime = load_runtime(artifacts_dir, backend=settings.backend, device=settings.device,
-                           intra_op_threads=settings.intra_op_threads)
+                           intra_op_threads=threads)
     runtime.warm_up()
     return runtime
 
