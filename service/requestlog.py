@@ -51,6 +51,7 @@ class RequestRecord:
     admit: Callable[[int], None] | None = None  # the key's item budget (service.quotas)
     span: Any = None  # its OpenTelemetry span when traced, and the service.tracing.RequestTracer
     tracer: Any = None
+    wall_offset_ns: int = 0  # the span clock's offset (service.tracing)
     chunks: list[tuple[str, float, float, float, Any]] = field(default_factory=list)  # traced only
     last_batch: int = 0
 
@@ -144,11 +145,11 @@ class RequestContextMiddleware:
             return
         started = time.monotonic()
         request_id = _incoming_id(scope["headers"])
-        span = self.tracer.start_request(scope, started) if self.tracer is not None else None
+        span, offset = self.tracer.start_request(scope, started) if self.tracer is not None else (None, 0)
         if request_id is None:
             request_id = self.tracer.trace_id(span) if span is not None else os.urandom(16).hex()
         record = RequestRecord(request_id, scope["method"], scope["path"], _client(scope), started, span=span,
-                               tracer=self.tracer if span is not None else None)
+                               tracer=self.tracer if span is not None else None, wall_offset_ns=offset)
         token, member = _current.set(record), batch_member.set(record)
         echo = (b"x-request-id", request_id.encode())
         status = 500

@@ -31,9 +31,14 @@ def tracing_requested(settings: Settings) -> bool:
     return bool(os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") or os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"))
 
 
-def wall_ns(monotonic_s: float) -> int:
-    """A time.monotonic() instant as epoch nanoseconds (spans are stamped in wall-clock time)."""
-    return time.time_ns() - int((time.monotonic() - monotonic_s) * 1e9)
+def wall_offset_ns() -> int:
+    """Epoch minus monotonic clock, in ns. Spans are stamped in wall-clock time from the batcher's
+    monotonic timestamps; one offset per request keeps its spans exactly nested."""
+    return time.time_ns() - time.monotonic_ns()
+
+
+def wall_ns(monotonic_s: float, offset_ns: int) -> int:
+    return int(monotonic_s * 1e9) + offset_ns
 
 
 class RequestTracer:
@@ -47,14 +52,17 @@ class RequestTracer:
         self._extract, self._trace, self._empty = propagate.extract, trace, context.Context
         self._server = trace.SpanKind.SERVER
 
-    def start_request(self, scope: dict[str, Any], started: float) -> Any:
+    def start_request(self, scope: dict[str, Any], started: float) -> tuple[Any, int]:
+        """The request's span, started at `started`, and the clock offset its other spans use."""
+        offset = wall_offset_ns()
         carrier = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
         method, path = scope["method"], scope["path"]
         client = scope.get("client")
-        return self.tracer.start_span(
-            f"{method} {path}", context=self._extract(carrier), kind=self._server, start_time=wall_ns(started),
+        span = self.tracer.start_span(
+            f"{method} {path}", context=self._extract(carrier), kind=self._server, start_time=wall_ns(started, offset),
             attributes={"http.request.method": method, "url.path": path,
                         "client.address": client[0] if client else ""})
+        return span, offset
 
     def trace_id(self, span: Any) -> str | None:
         context = span.get_span_context()
@@ -75,28 +83,31 @@ class RequestTracer:
                 span.set_attribute(key, value)
         if status >= 500:
             span.set_status(self._trace.Status(self._trace.StatusCode.ERROR))
+        offset = record.wall_offset_ns
         if record.chunks:
             parent = self._trace.set_span_in_context(span)
-            self._child("parse", parent, record.started, min(c[1] for c in record.chunks))
+            self._child("parse", parent, offset, record.started, min(c[1] for c in record.chunks))
             for graph, enqueued, started, finished, batch in record.chunks:
-                self._child(f"queue {graph}", parent, enqueued, started)
+                self._child(f"queue {graph}", parent, offset, enqueued, started)
                 links = [self._trace.Link(batch)] if batch is not None else None
-                self._child(f"compute {graph}", parent, started, finished, links=links)
-            self._child("respond", parent, max(c[3] for c in record.chunks), ended)
-        span.end(end_time=wall_ns(ended))
+                self._child(f"compute {graph}", parent, offset, started, finished, links=links)
+            self._child("respond", parent, offset, max(c[3] for c in record.chunks), ended)
+        span.end(end_time=wall_ns(ended, offset))
 
-    def _child(self, name: str, parent: Any, start: float, end: float, links: Any = None) -> None:
-        self.tracer.start_span(name, context=parent, start_time=wall_ns(start), links=links).end(end_time=wall_ns(end))
+    def _child(self, name: str, parent: Any, offset: int, start: float, end: float, links: Any = None) -> None:
+        span = self.tracer.start_span(name, context=parent, start_time=wall_ns(start, offset), links=links)
+        span.end(end_time=wall_ns(end, offset))
 
     def batch(self, graph: str, stats: BatchStats, members: Sequence[Any]) -> Any:
         """The batch's span context (for the requests' links), or None when none of them is sampled."""
         links = [self._trace.Link(m.span.get_span_context()) for m in members if m.span.is_recording()]
         if not links:
             return None
+        offset = members[0].wall_offset_ns
         span = self.tracer.start_span(
-            f"batch {graph}", context=self._empty(), links=links, start_time=wall_ns(stats.started_at),
+            f"batch {graph}", context=self._empty(), links=links, start_time=wall_ns(stats.started_at, offset),
             attributes={"vaeserve.graph": graph, "vaeserve.batch.items": stats.size, "vaeserve.batch.requests": len(links)})
-        span.end(end_time=wall_ns(stats.started_at + stats.inference_s))
+        span.end(end_time=wall_ns(stats.started_at + stats.inference_s, offset))
         return span.get_span_context()
 
 
