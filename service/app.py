@@ -20,6 +20,7 @@ from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service import admin, api, drift, models, ops, schemas, v2, web
+from service.admission import AdmissionMiddleware
 from service.errors import ClientDisconnected, ServiceError, error_response, internal_error_response, json_error
 from service.fastlane import FastLane
 from service.metrics import Metrics
@@ -194,6 +195,9 @@ def create_app(settings: Settings, *, tracer_provider: Any = None) -> FastAPI:
                            expose_headers=["X-Request-ID", "Retry-After", "RateLimit-Limit", "RateLimit-Remaining",
                                            "RateLimit-Reset"])
     app.add_middleware(QuotaMiddleware, state=app.state, metrics=metrics)  # inside the key check: valid keys only
+    # Before any body is read, after the key check (a flood without a key gets 401, not everyone's slots).
+    app.add_middleware(AdmissionMiddleware, max_in_flight=settings.max_in_flight,
+                       request_timeout_s=settings.request_timeout_s)
     app.add_middleware(ApiKeyMiddleware, keyring=app.state.keyring, protect_metrics=settings.metrics_require_key)
     app.add_middleware(MetricsMiddleware, metrics=metrics)  # counts refusals too
     # Outermost: the request ID, access log line and span cover everything inside, refusals included.

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from service.errors import ModelNotReady, Overloaded, RequestTimeout
+from service.errors import ModelNotReady, Overloaded, PayloadTooLarge, RequestTimeout
 
 Batch = dict[str, np.ndarray]
 # Admit a request only if the queue ahead of it should drain within this share of its timeout: the
@@ -129,12 +129,13 @@ class DynamicBatcher:
         if self._closing or self._task is None:
             raise ModelNotReady("the service is shutting down or not started")
         size = len(next(iter(inputs.values())))
+        unit = max(1, self.item_weight(inputs)) if self.item_weight else 1
+        self._refuse_if_it_can_never_fit(size, unit)
         if self.budget.items + size > self.budget.max_items:
             raise Overloaded(
                 f"queue full ({self.budget.items} items queued, limit {self.budget.max_items}); retry later",
                 retry_after_s=self.retry_after_s(size),
             )
-        unit = max(1, self.item_weight(inputs)) if self.item_weight else 1
         expected_wait_s = self.expected_wait_s(size * unit)
         if expected_wait_s > ADMISSION_SHARE_OF_TIMEOUT * self.request_timeout_s:
             # Admitting it would only produce a timeout later: refuse now, while the client can go elsewhere.
@@ -161,6 +162,18 @@ class DynamicBatcher:
             return await futures[0]
         results = await asyncio.gather(*futures)
         return {k: np.concatenate([r[k] for r in results]) for k in results[0]}
+
+    def _refuse_if_it_can_never_fit(self, size: int, unit: int) -> None:
+        """413, not 429, for work no retry can get admitted: more items than the whole queue holds, or
+        (at the measured service rate) longer to run alone than the admission limit."""
+        if size > self.budget.max_items:
+            raise PayloadTooLarge(f"{size} items can never fit the queue (max_queue_items {self.budget.max_items}); "
+                                  "send fewer per request")
+        alone_s = size * unit / self._weight_per_s if self._weight_per_s > 0 else 0.0
+        if alone_s > ADMISSION_SHARE_OF_TIMEOUT * self.request_timeout_s:
+            raise PayloadTooLarge(
+                f"{size} items of weight {unit} would take {alone_s:.1f}s to run alone at the measured rate, more than "
+                f"half of request_timeout_s ({self.request_timeout_s}s); send fewer items (or Monte Carlo samples)")
 
     def expected_wait_s(self, extra_weight: int = 0) -> float:
         """Seconds until the queue (plus extra_weight) would drain at the measured service rate."""

@@ -96,6 +96,13 @@ class Overloaded(ServiceError):
         self.retry_after_s = retry_after_s
 
 
+class ServerBusy(Overloaded):
+    """Refused at the door (service.admission): too many requests in flight, or it waited too long
+    before it could be read. 503, like Triton and TEI, + Retry-After; error_type still "overloaded"."""
+
+    status_code = 503
+
+
 class ModelNotReady(ServiceError):
     status_code = 503
     error_type = "model_not_ready"

@@ -104,7 +104,8 @@ async def infer(request: Request, registry: RegistryDep, settings: SettingsDep, 
     async with registry.use(address(name)[0], version) as handle:
         spec = _spec(handle, name)
         header, binary = _split(body, request.headers.get(HEADER_LENGTH))
-        feeds = _feeds(header, binary, spec, max_items=settings.max_items_per_request)
+        feeds = _feeds(header, binary, spec, max_items=settings.max_items_per_request,
+                       max_mc_samples=settings.max_mc_samples)
         items = len(next(iter(feeds.values())))
         samples = feeds["eps"].shape[1] if "eps" in feeds else 1
         note_work(handle.ref, items=items, mc_samples=samples)
@@ -170,7 +171,8 @@ def _split(body: bytes, header_length: str | None) -> tuple[dict[str, Any], byte
     return header, body[size:]
 
 
-def _feeds(header: dict[str, Any], binary: bytes, spec: dict[str, Any], *, max_items: int) -> dict[str, np.ndarray]:
+def _feeds(header: dict[str, Any], binary: bytes, spec: dict[str, Any], *, max_items: int,
+           max_mc_samples: int) -> dict[str, np.ndarray]:
     """Decode every input tensor (JSON data or binary), check names, shapes, batch and values."""
     expected = {t["name"]: t for t in spec["inputs"]}
     feeds: dict[str, np.ndarray] = {}
@@ -189,6 +191,10 @@ def _feeds(header: dict[str, Any], binary: bytes, spec: dict[str, Any], *, max_i
             raise InvalidInput(f"inputs[{i}] ({name}): shape {shape} does not match {want}")
         if shape[0] == 0 or shape[0] > max_items:
             raise InvalidInput(f"inputs[{i}] ({name}): batch of {shape[0]} items is outside 1..{max_items}")
+        samples = [d for w, d in zip(want, shape) if w == "k"]  # eps: (batch, k, latent), as mc_samples
+        if samples and samples[0] > max_mc_samples:
+            raise InvalidInput(f"inputs[{i}] ({name}): {samples[0]} Monte Carlo samples (dimension k) exceed "
+                               f"the limit of {max_mc_samples} (max_mc_samples)")
         dtype = DATATYPES[datatype]
         size = (tensor.get("parameters") or {}).get("binary_data_size")
         if size is not None:

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from service.batcher import BatchStats, DynamicBatcher
-from service.errors import ModelNotReady, Overloaded, RequestTimeout
+from service.errors import ModelNotReady, Overloaded, PayloadTooLarge, RequestTimeout
 
 
 def doubling(calls: list[int]):  # type: ignore[no-untyped-def]
@@ -223,7 +223,9 @@ def test_a_request_that_would_only_time_out_is_refused_at_admission() -> None:
         tasks = [asyncio.create_task(batcher.submit({"x": np.ones(1)})) for _ in range(3)]
         await asyncio.sleep(0)
         with pytest.raises(Overloaded, match="would take"):
-            await batcher.submit({"x": np.ones(10)})  # ~0.65 s of queue > half the 0.4 s timeout
+            await batcher.submit({"x": np.ones(3)})  # alone ~0.15 s, but ~0.3 s of queue > half the 0.4 s timeout
+        with pytest.raises(PayloadTooLarge, match="10 items of weight 1 would take .* to run alone"):
+            await batcher.submit({"x": np.ones(10)})  # ~0.5 s even alone: no retry helps, so 413, not 429
         await asyncio.gather(*tasks)
         await batcher.drain_and_stop(1)
     run(scenario())
