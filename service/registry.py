@@ -182,8 +182,8 @@ class ModelRegistry:
     async def _cold(self, entry: ModelEntry, slot: VersionSlot) -> ModelHandle:
         """A version that is not loaded: load it, and wait for it or answer 503 (lazy_load_wait)."""
         if slot.error and not slot.loading:
-            raise ModelNotReady(f"model {slot.model!r} version {slot.version!r} failed to load: {slot.error}",
-                                retry_after_s=10)
+            # Retry-After 1: an operator fixes the files and reloads at any moment.
+            raise ModelNotReady(f"model {slot.model!r} version {slot.version!r} failed to load: {slot.error}")
         task = self._start_load(slot)
         if not self.settings.lazy_load_wait:
             raise ModelNotReady(f"model {slot.model!r} version {slot.version!r} is loading",
@@ -193,8 +193,7 @@ class ModelRegistry:
         except asyncio.TimeoutError:
             raise ModelNotReady(f"model {slot.model!r} is still loading", retry_after_s=1) from None
         except LOAD_ERRORS as exc:
-            raise ModelNotReady(f"model {slot.model!r} version {slot.version!r} failed to load: {exc}",
-                                retry_after_s=10) from None
+            raise ModelNotReady(f"model {slot.model!r} version {slot.version!r} failed to load: {exc}") from None
 
     # ---- loading and unloading ---------------------------------------------------------------
     def _start_load(self, slot: VersionSlot) -> asyncio.Task[ModelHandle]:
