@@ -34,7 +34,7 @@ class Settings(BaseSettings):
         0.002, ge=0, description="how long a batch waits for more items under load (a lone request never waits)"
     )
     batch_wait_when_idle: bool = Field(False, description="also make a lone request wait batch_wait_timeout_s")
-    max_queue_items: int = Field(4096, ge=1, description="queued items per graph before requests get 429")
+    max_queue_items: int = Field(4096, ge=1, description="queued items per model (all its graphs and versions) before its requests get 429")
     request_timeout_s: float = Field(10.0, gt=0, description="a request still queued after this gets 504")
     max_in_flight: int = Field(512, ge=1, description="model requests in the process at once (from their headers "
                                                       "to their answer) before more get 503 + Retry-After")
@@ -44,7 +44,7 @@ class Settings(BaseSettings):
                                                                "its reading starts gets 408 (slow or stalled clients)")
     max_mc_samples: int = Field(1024, ge=1, description="upper bound for mc_samples in /anomaly-score")
     max_sample_n: int = Field(1024, ge=1, description="upper bound for n in /sample")
-    intra_op_threads: int = Field(0, ge=0, description="ONNX Runtime / torch threads per graph (0: library default)")
+    intra_op_threads: int = Field(0, ge=0, description="ONNX Runtime / torch threads per graph (0: 1 with a model_repository, else the library default)")
     inference_workers: int = Field(2, ge=1, description="threads running batches (one batch per graph at a time)")
     shutdown_drain_timeout_s: float = Field(20.0, ge=0, description="on SIGTERM, how long to drain queues")
     shutdown_grace_s: float = Field(2.0, ge=0, description="on SIGTERM, how long readiness answers 503 before the "

@@ -129,7 +129,8 @@ async def repository_index(request: Request, registry: RegistryDep, settings: Se
 
 
 ADMIN_ONLY: dict[int | str, dict[str, Any]] = {code: {"model": ErrorResponse, "description": text} for code, text in (
-    (401, "no or unknown API key"), (403, "not an admin key, or admin routes off"))}
+    (401, "no or unknown API key"), (403, "not an admin key, or admin routes off"),
+    (409, "the model failed to load (the message says why)"))}
 
 
 @router.post("/repository/models/{name}/load", summary="Load (and warm) every available version of a model (admin)",
