@@ -37,3 +37,11 @@ def tree_cpu_s(root: int) -> float:
             total += stats[pid][1]
             todo.extend(children.get(pid, []))
     return total
+
+
+def machine_busy_s() -> float:
+    """CPU seconds all cores spent not idle since boot (/proc/stat): with the server's and the load
+    generator's taken off, what else ran during a measurement (another job on shared cores)."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + fields[4]  # idle + iowait
+    return (sum(fields[:8]) - idle) / TICKS_PER_S  # user .. steal (guest time is already in user)

@@ -46,7 +46,7 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-from benchmarks.proc_cpu import tree_cpu_s  # noqa: E402
+from benchmarks.proc_cpu import machine_busy_s, tree_cpu_s  # noqa: E402
 from tests.helpers import free_port  # noqa: E402
 
 LUA = """wrk.method = "POST"
@@ -93,12 +93,15 @@ def otlp_sink() -> str:
 
 def wrk(port: int, connections: int, duration_s: int, lua: Path, *, path: str = "/anomaly-score",
         server_pid: int | None = None) -> dict[str, Any]:
-    """One wrk run; with server_pid, the CPU ms per request of that process tree and of wrk itself."""
-    server_before = tree_cpu_s(server_pid) if server_pid else 0.0
+    """One wrk run; with server_pid, the CPU ms per request of that process tree and of wrk itself,
+    and how many cores anything else kept busy meanwhile (`others`: should be ~0)."""
+    server_before, busy_before = tree_cpu_s(server_pid) if server_pid else 0.0, machine_busy_s()
     wrk_before = resource.getrusage(resource.RUSAGE_CHILDREN)  # wrk is the only child reaped meanwhile
+    wall = time.perf_counter()
     out = subprocess.run(["wrk", "-t1", f"-c{connections}", f"-d{duration_s}s", "--latency", "-s", str(lua),
                           f"http://127.0.0.1:{port}{path}"], capture_output=True, text=True, check=True).stdout
     server_s = tree_cpu_s(server_pid) - server_before if server_pid else float("nan")
+    busy_s, wall = machine_busy_s() - busy_before, time.perf_counter() - wall
     wrk_after = resource.getrusage(resource.RUSAGE_CHILDREN)
     wrk_s = wrk_after.ru_utime + wrk_after.ru_stime - wrk_before.ru_utime - wrk_before.ru_stime
     requests = max(int(re.search(r"(\d+) requests in", out).group(1)), 1)  # type: ignore[union-attr]
@@ -108,7 +111,8 @@ def wrk(port: int, connections: int, duration_s: int, lua: Path, *, path: str = 
     errors = re.search(r"Socket errors: (.*)", out)
     return {"rps": rps, "p50_ms": _ms(lat["50"]), "p99_ms": _ms(lat["99"]),
             "non2xx": int(non2xx.group(1)) if non2xx else 0, "socket_errors": errors.group(1) if errors else "",
-            "requests": requests, "server_ms": 1e3 * server_s / requests, "wrk_ms": 1e3 * wrk_s / requests}
+            "requests": requests, "server_ms": 1e3 * server_s / requests, "wrk_ms": 1e3 * wrk_s / requests,
+            "others": (busy_s - server_s - wrk_s) / wall}
 
 
 def _ms(text: str) -> float:
@@ -167,7 +171,7 @@ def pytriton_missing(python: str) -> str:
 
 def row(name: str, conns: int, r: dict[str, float]) -> str:
     return (f"{name:<14}{conns:>6}{r['rps']:>10.0f}{r['p50_ms']:>9.2f}{r['p99_ms']:>9.2f}{r['non2xx']:>9}"
-            f"{r['server_ms']:>12.3f}{r['wrk_ms']:>12.3f}")
+            f"{r['server_ms']:>12.3f}{r['wrk_ms']:>12.3f}{r['others']:>8.2f}")
 
 
 def main() -> None:
@@ -216,9 +220,9 @@ def main() -> None:
     print(f"wrk -t1, {args.duration_s}s per point, single-item /anomaly-score ({features} floats, "
           f"mc_samples={args.mc_samples}; PyTriton: the same item as KServe v2 JSON)")
     print(f"server CPU: utime+stime of the server's process tree per completed request; wrk runs on the same "
-          f"{os.cpu_count()} cores (its own CPU per request beside it)")
+          f"{os.cpu_count()} cores (its own CPU per request beside it); others: cores busy with anything else")
     print(f"{'server':<14}{'conns':>6}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'non-2xx':>9}{'srv ms/req':>12}"
-          f"{'wrk ms/req':>12}")
+          f"{'wrk ms/req':>12}{'others':>8}")
     for name in selected:
         cmd, env, ready = targets[name]
         port = free_port()
