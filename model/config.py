@@ -9,6 +9,9 @@ from typing import Any, Literal
 Likelihood = Literal["bernoulli", "gaussian"]
 GaussianVariance = Literal["learned", "fixed"]
 Architecture = Literal["mlp", "conv"]
+# standard: p(z) = N(0, I). vampprior: a mixture of the posteriors of learned pseudo-inputs
+# (Tomczak & Welling 2018, "VAE with a VampPrior"); see model/prior.py.
+Prior = Literal["standard", "vampprior"]
 # conv: two stride-2 convolutions (H, W -> H/4, W/4) before the dense layers, mirrored in the decoder.
 CONV_STRIDE_TOTAL = 4
 
@@ -31,6 +34,9 @@ class VAEConfig:
     # mlp: dense layers on the flattened input. conv: a small conv stack first (images only), then
     # the hidden_sizes dense layers; the graphs still take and return flattened (B, F) tensors.
     architecture: Architecture = "mlp"
+    # The prior p(z), and (vampprior only) its number of pseudo-inputs N: p(z) = (1/N) sum_n q(z | u_n).
+    prior: Prior = "standard"
+    pseudo_inputs: int = 500
 
     def __post_init__(self) -> None:
         if not self.input_shape or any(d <= 0 for d in self.input_shape):
@@ -45,6 +51,10 @@ class VAEConfig:
             raise ValueError(f"gaussian_variance must be 'learned' or 'fixed', got {self.gaussian_variance!r}")
         if self.architecture not in ("mlp", "conv"):
             raise ValueError(f"architecture must be 'mlp' or 'conv', got {self.architecture!r}")
+        if self.prior not in ("standard", "vampprior"):
+            raise ValueError(f"prior must be 'standard' or 'vampprior', got {self.prior!r}")
+        if self.pseudo_inputs < 1:
+            raise ValueError(f"pseudo_inputs must be at least 1, got {self.pseudo_inputs}")
         if self.architecture == "conv" and not (
             self.is_image and all(d % CONV_STRIDE_TOTAL == 0 for d in self.input_shape[1:])
         ):
@@ -68,7 +78,7 @@ class VAEConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> VAEConfig:
         """Inverse of to_dict; unknown keys are an error so stale manifests fail loudly. Missing keys take
-        their defaults, so manifests written before a field existed (e.g. architecture) still load."""
+        their defaults, so manifests written before a field existed (e.g. architecture, prior) still load."""
         known = {f.name for f in fields(cls)}
         unknown = set(data) - known
         if unknown:

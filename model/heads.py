@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from model.losses import iwae_bound, knn_distance, mahalanobis_sq
+from model.prior import mixture_sample
 from model.vae import VAE, feature_width
 
 
@@ -52,6 +53,38 @@ class DecoderGraph(nn.Module):
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         return self.standardize.inverse(self.vae.decoder.mean(self.vae.decoder(z)))
+
+
+class PriorComponents(nn.Module):
+    """The VampPrior's components (mu_n, log_var_n) (N, D), computed once at export: the pseudo-inputs
+    are fixed after training, and encoding all N of them on every request would cost N encoder
+    passes (500 at the default, 30x a one-item K=16 score)."""
+
+    mu: torch.Tensor
+    log_var: torch.Tensor
+
+    def __init__(self, vae: VAE) -> None:
+        super().__init__()
+        with torch.no_grad():
+            mu, log_var = vae.prior_components()
+        self.register_buffer("mu", mu.detach().clone())
+        self.register_buffer("log_var", log_var.detach().clone())
+
+    def forward(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.mu, self.log_var
+
+
+class PriorSampleGraph(nn.Module):
+    """u (B,) uniform in [0, 1), noise (B, D) ~ N(0, I) -> z (B, D) from the VampPrior mixture and its
+    E[x|z] (B, F) in raw feature units. Both noises are inputs: the service's seeded generator draws them."""
+
+    def __init__(self, decoder: DecoderGraph, components: PriorComponents) -> None:
+        super().__init__()
+        self.decoder, self.components = decoder, components
+
+    def forward(self, u: torch.Tensor, noise: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        z = mixture_sample(u, noise, *self.components())  # (B, D)
+        return z, self.decoder(z)
 
 
 NEIGHBORS = 5  # k of the neighbour score
@@ -100,7 +133,7 @@ class ScoreGraph(nn.Module):
     """x (B, F) raw, eps (B, K, D) ~ N(0, I) -> the anomaly-score parts, all in nats (float64).
 
     reconstruction_nll = -(1/K) sum_k log p(x|z_k)         (B,)
-    kl                 = KL(q(z|x) || p(z)), closed form    (B,)
+    kl                 = KL(q(z|x) || p(z)), closed form    (B,)   (VampPrior: (1/K) sum_k log q(z_k|x) - log p(z_k))
     elbo_score         = reconstruction_nll + kl = -ELBO    (B,)
     iwae_score         = -log (1/K) sum_k w_k >= -log p(x)  (B,)   (Burda et al. 2015)
     latent_score       = Mahalanobis^2 of mu(x) from normal data's latent means (B,)
@@ -112,17 +145,19 @@ class ScoreGraph(nn.Module):
     """
 
     def __init__(self, vae: VAE, standardize: Standardize, reference: NormalReference, *,
-                 neighbours: bool = True) -> None:
+                 neighbours: bool = True, components: PriorComponents | None = None) -> None:
         super().__init__()
         self.vae, self.standardize, self.reference = vae, standardize, reference
         # False: leave out knn_score and elbo_knn_score, and with them the read of the whole bank.
         self.neighbours = neighbours
+        self.components = components  # the VampPrior's, precomputed; None for the standard prior
 
     def forward(self, x: torch.Tensor, eps: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        terms = self.vae.monte_carlo_terms(self.standardize(x), eps, reduce_dtype=torch.float64)
+        components = self.components() if self.components is not None else None
+        terms = self.vae.monte_carlo_terms(self.standardize(x), eps, reduce_dtype=torch.float64, components=components)
         feature_nll = -terms.log_px_features.mean(1)  # (B, F)
         reconstruction_nll = feature_nll.sum(-1)  # (B,)
-        kl = terms.kl_dims.sum(-1)  # (B,)
+        kl = terms.kl  # (B,)
         elbo_score = reconstruction_nll + kl
         iwae_score = -iwae_bound(terms.log_weights)  # (B,)
         ref = self.reference
@@ -148,6 +183,8 @@ GRAPH_IO: dict[str, tuple[list[str], list[str]]] = {
     # The scorer without the neighbour bank, for every request that does not ask for a neighbour
     # score: it scores 1.06-1.16x as many items a second at K=16, 1.5-1.9x at K=1 (benchmarks/scorer_graphs.py).
     "scorer_core": (["x", "eps"], [name for name in SCORER_OUTPUTS if name not in NEIGHBOUR_OUTPUTS]),
+    # VampPrior models only: draws from the mixture prior for /sample (standard ones scale N(0, I) noise).
+    "sampler": (["u", "noise"], ["z", "x_mean"]),
 }
 # The variants offered and calibrated. latent_score and knn_score alone are outputs (for v2 users)
 # but not variants: on the one-class benchmark the latent distance was worse than elbo (mean AUROC
@@ -158,15 +195,19 @@ SCORE_VARIANTS = ("elbo", "iwae", "elbo_latent", "elbo_knn")
 
 def build_graphs(vae: VAE, mean: torch.Tensor | None, std: torch.Tensor | None,
                  normal_reference: dict[str, torch.Tensor] | None = None) -> dict[str, nn.Module]:
-    """The exportable graphs (GRAPH_IO's) sharing one set of weights, in eval mode."""
+    """The exportable graphs (GRAPH_IO's; sampler only with a VampPrior) sharing one set of weights, in eval mode."""
     standardize = Standardize(mean, std, vae.config.input_dim)
     reference = NormalReference(vae.config.latent_dim, feature_width(vae.config), normal_reference)
+    components = PriorComponents(vae) if vae.prior is not None else None
+    decoder = DecoderGraph(vae, standardize)
     graphs: dict[str, nn.Module] = {
         "encoder": EncoderGraph(vae, standardize),
-        "decoder": DecoderGraph(vae, standardize),
-        "scorer": ScoreGraph(vae, standardize, reference),
-        "scorer_core": ScoreGraph(vae, standardize, reference, neighbours=False),
+        "decoder": decoder,
+        "scorer": ScoreGraph(vae, standardize, reference, components=components),
+        "scorer_core": ScoreGraph(vae, standardize, reference, neighbours=False, components=components),
     }
+    if components is not None:
+        graphs["sampler"] = PriorSampleGraph(decoder, components)
     for graph in graphs.values():
         graph.eval()
     return graphs

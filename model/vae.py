@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from typing import NamedTuple
 
 import torch
@@ -14,8 +15,11 @@ from model.losses import (
     gaussian_log_prob,
     iwae_log_weights,
     kl_per_dim,
+    log_normal_diag,
+    log_normal_mixture,
     reparameterize,
 )
+from model.prior import VampPrior
 
 
 def mlp(sizes: list[int]) -> nn.Sequential:
@@ -76,7 +80,8 @@ class MonteCarloTerms(NamedTuple):
     """Everything the ELBO, the IWAE bound and explanations need, for K noise draws per example."""
 
     log_px_features: torch.Tensor  # (B, K, F) log p(x_f | z_k)
-    kl_dims: torch.Tensor  # (B, D) closed-form KL per latent dimension
+    kl_dims: torch.Tensor  # (B, D) closed-form KL of q(z|x) to N(0, I) per latent dimension
+    kl: torch.Tensor  # (B,) KL(q(z|x) || p(z)): kl_dims summed, or (VampPrior) mean_k log q(z_k|x) - log p(z_k)
     log_weights: torch.Tensor  # (B, K) log p(x|z_k) + log p(z_k) - log q(z_k|x)
     mu: torch.Tensor  # (B, D)
     log_var: torch.Tensor  # (B, D)
@@ -151,14 +156,31 @@ class VAE(nn.Module):
         self.config = config
         self.encoder = Encoder(config)
         self.decoder = Decoder(config)
+        # None for the standard prior, so its checkpoints keep their state_dict keys.
+        self.prior = VampPrior(config) if config.prior == "vampprior" else None
+
+    def prior_components(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The VampPrior's components: the posteriors (mu_n, log_var_n) (N, D) of the pseudo-inputs."""
+        assert self.prior is not None, "prior_components needs a VampPrior model"
+        return self.encoder(self.prior.pseudo_inputs())
+
+    def log_prior(self, z: torch.Tensor, components: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        """log p(z) (...) for z (..., D): N(0, I), or the VampPrior mixture (its components precomputed or not)."""
+        if self.prior is None:
+            return log_normal_diag(z, torch.zeros_like(z), torch.zeros_like(z))
+        prior_mu, prior_log_var = components if components is not None else self.prior_components()
+        return log_normal_mixture(z, prior_mu.to(z.dtype), prior_log_var.to(z.dtype))
 
     def monte_carlo_terms(
-        self, x: torch.Tensor, eps: torch.Tensor, reduce_dtype: torch.dtype | None = None
+        self, x: torch.Tensor, eps: torch.Tensor, reduce_dtype: torch.dtype | None = None,
+        components: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> MonteCarloTerms:
         """Encode x (B, F), draw z_k = mu + sigma * eps_k with eps (B, K, D), and score.
 
         reduce_dtype (e.g. float64) is used for the per-feature terms and their sums: a sum of 784
         float32 log-probabilities carries ~1e-4 nats of rounding, too much for parity checks.
+        components: the VampPrior's (mu_n, log_var_n) when computed once outside (exported graphs,
+        evaluation); None recomputes them, as training must (they depend on the weights).
         """
         features = self.encoder.features(x)  # (B, H)
         mu, log_var = self.encoder.posterior(features)  # (B, D)
@@ -167,8 +189,21 @@ class VAE(nn.Module):
         if reduce_dtype is not None:
             log_px_features, z = log_px_features.to(reduce_dtype), z.to(reduce_dtype)
             mu, log_var = mu.to(reduce_dtype), log_var.to(reduce_dtype)
-        log_weights = iwae_log_weights(log_px_features.sum(-1), z, mu, log_var)  # (B, K)
-        return MonteCarloTerms(log_px_features, kl_per_dim(mu, log_var), log_weights, mu, log_var, features)
+        kl_dims = kl_per_dim(mu, log_var)  # (B, D)
+        if self.prior is None:
+            log_weights = iwae_log_weights(log_px_features.sum(-1), z, mu, log_var)  # (B, K)
+            return MonteCarloTerms(log_px_features, kl_dims, kl_dims.sum(-1), log_weights, mu, log_var, features)
+        dtype = reduce_dtype or torch.promote_types(z.dtype, torch.float32)  # float32 at least (bf16 autocast)
+        z, mu_q, log_var_q = z.to(dtype), mu.to(dtype), log_var.to(dtype)
+        # Never in bf16 (autocast): the mixture's expanded quadratic form cancels, and bf16 keeps 3 digits.
+        autocast = (torch.autocast(device_type=z.device.type, enabled=False)
+                    if torch.is_autocast_enabled(z.device.type) else contextlib.nullcontext())
+        with autocast:
+            log_pz = self.log_prior(z, components)  # (B, K)
+            log_qz = log_normal_diag(z, mu_q.unsqueeze(1), log_var_q.unsqueeze(1))  # (B, K)
+            log_weights = iwae_log_weights(log_px_features.sum(-1).to(dtype), z, mu_q, log_var_q, log_pz=log_pz)
+        kl = (log_qz - log_pz).mean(1)  # (B,) the K-sample estimate: no closed form for a mixture
+        return MonteCarloTerms(log_px_features, kl_dims, kl, log_weights, mu, log_var, features)
 
     def forward(self, x: torch.Tensor, eps: torch.Tensor) -> MonteCarloTerms:
         return self.monte_carlo_terms(x, eps)
@@ -181,5 +216,5 @@ class VAE(nn.Module):
 
     @torch.no_grad()
     def generate(self, z: torch.Tensor) -> torch.Tensor:
-        """Decoder mean for given latents (draw z ~ N(0, I) outside for reproducibility)."""
+        """Decoder mean for given latents (draw z from the prior outside, for reproducibility)."""
         return self.decoder.mean(self.decoder(z))

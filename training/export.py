@@ -94,6 +94,8 @@ def example_inputs(graph: str, *, batch: int, latent_dim: int, sample_x: np.ndar
         return (rows,)
     if graph == "decoder":
         return (torch.randn(batch, latent_dim, generator=gen),)
+    if graph == "sampler":  # the VampPrior's: a component per uniform u, N(0, I) noise within it
+        return torch.rand(batch, generator=gen), torch.randn(batch, latent_dim, generator=gen)
     return rows, torch.randn(batch, k, latent_dim, generator=gen)
 
 
@@ -281,7 +283,9 @@ def export_model(model: VAE, payload: dict[str, Any], out_dir: Path, *, train_x:
         "config": config.to_dict(),
         "input": _input_spec(config.input_shape, is_image=config.is_image, standardization=stats),
         "likelihood": config.likelihood,
-        "graphs": _graph_specs(config.input_dim, config.latent_dim),
+        "graphs": _graph_specs(config.input_dim, config.latent_dim, graphs=list(graphs)),
+        # What /sample draws from; the VampPrior's components are baked into the sampler graph.
+        "prior": {"kind": config.prior, **({"pseudo_inputs": config.pseudo_inputs} if config.prior == "vampprior" else {})},
         "training": {"train_config": payload.get("train_config"), "dataset": payload.get("dataset"),
                      "data_spec": payload.get("data_spec"), "epoch": payload.get("epoch"),
                      "val_neg_elbo": payload.get("val_neg_elbo")},
@@ -312,8 +316,9 @@ def _input_spec(shape: tuple[int, ...], *, is_image: bool, standardization: dict
     return spec
 
 
-def _graph_specs(n_features: int, latent_dim: int) -> dict[str, Any]:
+def _graph_specs(n_features: int, latent_dim: int, *, graphs: list[str]) -> dict[str, Any]:
     shapes = {"x": ["batch", n_features], "z": ["batch", latent_dim], "eps": ["batch", "k", latent_dim],
+              "u": ["batch"], "noise": ["batch", latent_dim],
               "mu": ["batch", latent_dim], "log_var": ["batch", latent_dim], "x_mean": ["batch", n_features],
               "feature_nll": ["batch", n_features],
               **{name: ["batch"] for name in GRAPH_IO["scorer"][1] if name not in ("feature_nll", "mu")}}
@@ -324,7 +329,7 @@ def _graph_specs(n_features: int, latent_dim: int) -> dict[str, Any]:
             "inputs": [{"name": n, "shape": shapes[n], "dtype": "float32"} for n in ins],
             "outputs": [{"name": n, "shape": shapes[n], "dtype": "float64" if n in float64 else "float32"} for n in outs],
         }
-        for name, (ins, outs) in GRAPH_IO.items()
+        for name, (ins, outs) in GRAPH_IO.items() if name in graphs
     }
 
 

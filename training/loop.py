@@ -1,4 +1,4 @@
-"""The training loop: Adam on the (beta-weighted, annealed, free-bits) negative ELBO.
+"""The training loop: Adam on the (beta-weighted, annealed, free-bits) negative ELBO, or the IWAE bound.
 
 Data-parallel when started by torchrun (DistributedDataParallel, gloo on CPU, nccl on GPU). Every
 rank draws the same permutation, binarization and noise for the *global* batch and keeps its own
@@ -25,8 +25,8 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from model.config import VAEConfig
-from model.losses import free_bits_kl
-from model.vae import VAE
+from model.losses import free_bits_kl, iwae_bound
+from model.vae import VAE, MonteCarloTerms
 from training.averaging import WeightAverage
 from training.checkpoint import save_checkpoint
 from training.config import TrainConfig
@@ -83,7 +83,16 @@ def train(
     torch.manual_seed(cfg.seed)
     device = resolve_device(cfg.device)
     out_dir.mkdir(parents=True, exist_ok=True)
+    if model_config.prior == "vampprior" and cfg.free_bits > 0:
+        raise ValueError("free_bits: floors the closed-form KL per latent dimension, which a VampPrior (a mixture) "
+                         "does not have; use kl_warmup_steps, or the standard prior")
     model = VAE(model_config).to(device)
+    gen = torch.Generator().manual_seed(cfg.seed)  # identical on every rank
+    train_x = torch.from_numpy(data.train_x).to(device)
+    if data.mean is not None:
+        train_x = (train_x - torch.from_numpy(data.mean).to(device)) / torch.from_numpy(data.std).to(device)
+    if model.prior is not None:  # before DDP (which broadcasts rank 0's weights) and the average copy it
+        model.prior.initialize(train_x, gen)
     ddp: torch.nn.Module = model
     if world > 1:
         ddp = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
@@ -92,10 +101,6 @@ def train(
     average = WeightAverage(model, cfg.ema_decay) if cfg.ema_decay > 0 else None
     # What validation, checkpoints and export see: the average when there is one.
     evaluated = cast(VAE, average.module) if average is not None else model
-    gen = torch.Generator().manual_seed(cfg.seed)  # identical on every rank
-    train_x = torch.from_numpy(data.train_x).to(device)
-    if data.mean is not None:
-        train_x = (train_x - torch.from_numpy(data.mean).to(device)) / torch.from_numpy(data.std).to(device)
     val_x = _standardized(data, data.val_x)
     binarize = cfg.binarize and model_config.likelihood == "bernoulli"
     extra = _checkpoint_extra(cfg, data)
@@ -104,21 +109,26 @@ def train(
     best_record: dict[str, Any] | None = None
     best_path, last_path = out_dir / "best.pt", out_dir / "last.pt"
     metrics_file = (out_dir / "metrics.jsonl").open("w") if rank == 0 else None
+    n_batches = (len(train_x) + cfg.batch_size - 1) // cfg.batch_size
+    total_steps = min(cfg.epochs * n_batches, cfg.max_steps or cfg.epochs * n_batches)
     for epoch in range(1, cfg.epochs + 1):
         model.train()
         start = time.perf_counter()
         sums = torch.zeros(3, dtype=torch.float64)
         seen = 0
-        n_batches = (len(train_x) + cfg.batch_size - 1) // cfg.batch_size
         bar = tqdm(batches(len(train_x), cfg.batch_size, gen), total=n_batches, desc=f"epoch {epoch}",
                    disable=rank != 0 or None, leave=False)
         for idx in bar:
             x = train_x[idx]  # (B, F) the global batch
             if binarize:
                 x = torch.bernoulli(x.cpu(), generator=gen).to(device)
-            eps = torch.randn(len(idx), 1, model_config.latent_dim, generator=gen).to(device)
+            eps = torch.randn(len(idx), cfg.train_k, model_config.latent_dim, generator=gen).to(device)
             x, eps = x[rank::world], eps[rank::world]  # this rank's slice
-            loss, recon, kl = _loss(ddp, x, eps, cfg, step, global_batch=len(idx), world=world)
+            loss, recon, kl = _loss(ddp, x, eps, cfg, step, global_batch=len(idx), world=world,
+                                    mixture_prior=model.prior is not None)
+            if cfg.lr_schedule != "constant":
+                for group in optimizer.param_groups:
+                    group["lr"] = cfg.lr_at(step, total_steps)
             optimizer.zero_grad(set_to_none=True)
             (loss * world).backward()  # DDP averages gradients over ranks; the shares sum to the batch mean
             optimizer.step()
@@ -154,17 +164,32 @@ def train(
 
 
 def _loss(model: torch.nn.Module, x: torch.Tensor, eps: torch.Tensor, cfg: TrainConfig, step: int, *,
-          global_batch: int, world: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+          global_batch: int, world: int, mixture_prior: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """This rank's shares of (loss, reconstruction NLL, KL) of the global batch; summed over ranks they
     are the batch means. The loss uses free bits and the KL weight."""
     autocast = (torch.autocast(device_type=x.device.type, dtype=torch.bfloat16)
                 if cfg.precision == "bf16" else contextlib.nullcontext())
     with autocast:
         terms = model(x, eps)  # through DDP's forward when distributed, so gradients are all-reduced
-    recon = -terms.log_px_features.float().sum() / global_batch
+    draws = terms.log_px_features.shape[1]  # K: 1 for the ELBO
+    recon = -terms.log_px_features.float().sum() / (global_batch * draws)
+    if cfg.objective == "iwae":
+        kl = terms.kl.float().sum() / global_batch
+        return _iwae_loss(terms, cfg.kl_weight(step), global_batch=global_batch), recon.detach(), kl.detach()
+    if mixture_prior:  # the VampPrior's K-sample KL estimate: no per-dimension KL for free bits to floor
+        kl = terms.kl.float().sum() / global_batch
+        return recon + cfg.kl_weight(step) * kl, recon.detach(), kl.detach()
     kl_dims = terms.kl_dims.float().sum(0) / global_batch  # (D,) this rank's share of the batch-mean KL
     loss = recon + cfg.kl_weight(step) * _free_bits_share(kl_dims, cfg.free_bits, world)
     return loss, recon.detach(), kl_dims.sum().detach()
+
+
+def _iwae_loss(terms: MonteCarloTerms, kl_weight: float, *, global_batch: int) -> torch.Tensor:
+    """This rank's share of the -IWAE bound (Burda et al. 2015 eq. 8), the log p(z) - log q(z|x) part of
+    each log weight scaled by kl_weight, so KL warm-up anneals it as it does the ELBO's KL."""
+    log_px = terms.log_px_features.float().sum(-1)  # (B, K)
+    log_weights = log_px + kl_weight * (terms.log_weights.float() - log_px)  # (B, K)
+    return -iwae_bound(log_weights).sum() / global_batch
 
 
 def _free_bits_share(kl_dims: torch.Tensor, free_bits: float, world: int) -> torch.Tensor:
