@@ -53,7 +53,8 @@ def log_normal_mixture(z: torch.Tensor, mu: torch.Tensor, log_var: torch.Tensor)
     precision = torch.exp(-log_var)  # (N, D)
     quadratic = (z * z) @ precision.T - 2.0 * (z @ (mu * precision).T) + (mu * mu * precision).sum(-1)  # (..., N)
     log_components = -0.5 * (mu.shape[-1] * LOG_2PI + log_var.sum(-1) + quadratic)  # (..., N)
-    return torch.logsumexp(log_components, dim=-1) - math.log(mu.shape[0])
+    log_n = torch.log(torch.ones_like(log_var[:, 0]).sum())  # from a tensor, as in iwae_bound: no trace warning
+    return torch.logsumexp(log_components, dim=-1) - log_n
 
 
 def reparameterize(mu: torch.Tensor, log_var: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:

@@ -105,8 +105,19 @@ class ModelHandle:
         return await self.decode((await self.encode(x, sample=False, seed=0))["mu"])
 
     async def sample(self, *, n: int, seed: int, temperature: float) -> tuple[np.ndarray, np.ndarray]:
+        if self.runtime.config.prior == "vampprior":
+            return await self._sample_mixture(n=n, seed=seed, temperature=temperature)
         z = standard_normal(seed, (n, self.latent_dim)) * np.float32(temperature)
         return z, await self.decode(z)
+
+    async def _sample_mixture(self, *, n: int, seed: int, temperature: float) -> tuple[np.ndarray, np.ndarray]:
+        """z from the VampPrior mixture: the sampler graph picks component floor(u * N) and adds
+        sigma_n * noise; temperature scales the noise (each component's spread), not the means."""
+        rng = np.random.default_rng(seed)
+        u = rng.random(n, dtype=np.float32)  # (n,) in [0, 1)
+        noise = rng.standard_normal((n, self.latent_dim), dtype=np.float32) * np.float32(temperature)
+        out = await self.batchers["sampler"].submit({"u": u, "noise": noise})
+        return out["z"], out["x_mean"]
 
     async def interpolate(self, z_start: np.ndarray, z_end: np.ndarray, *, steps: int, method: str
                           ) -> tuple[np.ndarray, np.ndarray]:

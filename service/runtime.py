@@ -59,7 +59,8 @@ class ModelRuntime:
         d, f = self.config.latent_dim, self.config.input_dim
         for n in batch_sizes:
             feeds = {"x": np.full((n, f), 0.5, dtype=np.float32), "z": np.zeros((n, d), dtype=np.float32),
-                     "eps": np.zeros((n, mc_samples, d), dtype=np.float32)}
+                     "eps": np.zeros((n, mc_samples, d), dtype=np.float32),
+                     "u": np.full(n, 0.5, dtype=np.float32), "noise": np.zeros((n, d), dtype=np.float32)}
             for graph in self.graphs:
                 self.run(graph, {name: feeds[name] for name in self.inputs(graph)})
 
@@ -75,7 +76,8 @@ def load_runtime(artifacts_dir: Path, *, backend: str, device: str, intra_op_thr
         file_name = spec["onnx" if backend == "onnxruntime" else "torchscript"]
         data = _verified_bytes(artifacts_dir, file_name, manifest)
         graphs[name], resolved_device = loader(data, spec, device=device, threads=intra_op_threads)
-    missing = {"encoder", "decoder", "scorer"} - set(graphs)
+    # A VampPrior model's /sample needs its sampler graph (the mixture's components are baked in there).
+    missing = {"encoder", "decoder", "scorer", *(["sampler"] if config.prior == "vampprior" else [])} - set(graphs)
     if missing:
         raise ArtifactError(f"manifest lacks graphs {sorted(missing)}")
     log.info("loaded %s %s on %s/%s from %s", manifest["model"]["name"], manifest["model"]["version"],

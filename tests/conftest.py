@@ -55,6 +55,34 @@ def one_class_artifacts(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
+# A tiny VampPrior model (issue 17): 20 pseudo-inputs, trained ~5 s like the tiny model.
+VAMPPRIOR_TRAIN_ARGS = ["--hidden", "128", "--latent-dim", "8", "--epochs", "1", "--max-steps", "100",
+                        "--batch-size", "128", "--seed", "0", "--prior", "vampprior", "--pseudo-inputs", "20"]
+
+
+@pytest.fixture(scope="session")
+def vampprior_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from training.cli import main
+
+    out = tmp_path_factory.mktemp("vampprior-run")
+    assert main(["train", "--out", str(out), *VAMPPRIOR_TRAIN_ARGS]) == 0
+    return out
+
+
+@pytest.fixture(scope="session")
+def vampprior_artifacts(vampprior_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny VampPrior model evaluated (K=4 on 200 test images) and exported (name vamp-vae, version 1),
+    its sampler graph included."""
+    from training.cli import main
+
+    out = tmp_path_factory.mktemp("vampprior-artifacts")
+    assert main(["evaluate", "--checkpoint", str(vampprior_run / "best.pt"), "--iwae-k", "4",
+                 "--iwae-examples", "200"]) == 0
+    assert main(["export", "--checkpoint", str(vampprior_run / "best.pt"), "--out", str(out),
+                 "--name", "vamp-vae", "--version", "1"]) == 0
+    return out
+
+
 @pytest.fixture(scope="session")
 def tiny_model(tiny_run: Path):  # type: ignore[no-untyped-def]
     from training.checkpoint import load_checkpoint
