@@ -1,10 +1,12 @@
-"""`python -m service` / `vaeserve serve`: one uvicorn worker (the batcher is in-process), graceful on SIGTERM."""
+"""`python -m service` / `vaeserve serve`: one server process (the batcher is in-process), or `workers`
+of them (service.workers), graceful on SIGTERM."""
 
 from __future__ import annotations
 
 import logging
 import math
 import signal
+import socket
 import sys
 import time
 from types import FrameType
@@ -77,13 +79,35 @@ class GracefulServer(uvicorn.Server):
 
 def serve(overrides: dict[str, Any] | None = None) -> int:
     settings = Settings(**(overrides or {}))
+    configure(settings)
+    if settings.workers > 1:
+        from service.workers import supervise
+
+        return supervise(settings)
+    return serve_one(settings)
+
+
+def configure(settings: Settings, *, worker: int | None = None) -> None:
+    """The service's log format (a worker's records say which worker wrote them)."""
     configure_logging(settings.access_log)  # first: every record from here on has request_id
+    who = "" if worker is None else f" worker {worker}"
     logging.basicConfig(level=settings.log_level.upper(),
-                        format="%(asctime)s %(levelname)s %(name)s [%(request_id)s]: %(message)s")
+                        format=f"%(asctime)s %(levelname)s %(name)s{who} [%(request_id)s]: %(message)s")
+
+
+def serve_one(settings: Settings, *, reuse_port: bool = False) -> int:
+    """One server process: the app with its batchers on uvicorn or Granian. reuse_port: bind with
+    SO_REUSEPORT beside the other workers (service.workers)."""
     if settings.shutdown_drain_timeout_s < settings.request_timeout_s:
         log.warning("shutdown_drain_timeout_s (%.1fs) < request_timeout_s (%.1fs): a shutdown may cut off requests "
                     "it accepted (they get 500)", settings.shutdown_drain_timeout_s, settings.request_timeout_s)
     app = create_app(settings)
+    if settings.server == "granian":
+        try:
+            from service.granian_server import run_granian
+        except ImportError as exc:
+            raise SystemExit(f"server=granian: {exc}; install the granian extra (pip install '.[granian]')") from None
+        return run_granian(app, settings)
     # asyncio's loop, not uvloop: libuv accepts one connection per loop iteration (libuv#3696), and under
     # load an iteration took ~75 ms, so new connections waited seconds in the accept queue (a p99 of 3-4 s
     # at 1,000 connections, with timeouts), where no admission rule can see them. asyncio accepts up to the
@@ -92,10 +116,19 @@ def serve(overrides: dict[str, Any] | None = None) -> int:
                             access_log=False, workers=1, http=HttpProtocol, loop="asyncio",
                             timeout_graceful_shutdown=math.ceil(settings.shutdown_drain_timeout_s))
     server = GracefulServer(config, app=app, grace_s=settings.shutdown_grace_s)
-    server.run()
+    server.run(sockets=[reuse_port_socket(settings.host, settings.port)] if reuse_port else None)
     # uvicorn re-raises the signal it caught, which ends the process with 128 + signal, except as PID 1 (a
     # container's entry point), where the kernel ignores it: give the same status there (143 for SIGTERM).
     return 128 + server._signal if server.signalled_at is not None else 0
+
+
+def reuse_port_socket(host: str, port: int) -> socket.socket:
+    """A socket bound to host:port beside the other workers' (the kernel spreads connections by hash)."""
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind((host, port))
+    return sock
 
 
 if __name__ == "__main__":

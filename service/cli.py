@@ -25,6 +25,10 @@ def add_commands(sub: Any) -> None:
     serve.add_argument("--port", type=int, default=None, help="TCP port (VAESERVE_PORT, default 8000)")
     serve.add_argument("--backend", choices=["onnxruntime", "torchscript"], default=None, help="VAESERVE_BACKEND")
     serve.add_argument("--device", choices=["auto", "cpu", "cuda"], default=None, help="VAESERVE_DEVICE")
+    serve.add_argument("--server", choices=["uvicorn", "granian"], default=None, help="HTTP server (VAESERVE_SERVER, "
+                       "default uvicorn)")
+    serve.add_argument("--workers", type=int, default=None, help="server processes sharing the port, each with its "
+                       "own models and batchers (VAESERVE_WORKERS, default 1)")
     serve.set_defaults(handler=_serve)
 
     score = sub.add_parser(
@@ -71,7 +75,8 @@ def _serve(args: argparse.Namespace) -> int:
 
     overrides = {k: v for k, v in {"artifacts_dir": args.artifacts, "model_repository": args.repository,
                                    "host": args.host, "port": args.port,
-                                   "backend": args.backend, "device": args.device}.items() if v is not None}
+                                   "backend": args.backend, "device": args.device, "server": args.server,
+                                   "workers": args.workers}.items() if v is not None}
     if args.verbose:
         overrides["log_level"] = "debug"
     return serve(overrides)

@@ -99,21 +99,25 @@ async def answer_the_backlog(servers: Iterable[asyncio.Server], *, timeout_s: fl
     """Before the port closes: no new handshakes, and wait (up to timeout_s) until the event loop has
     accepted every connection the kernel already queued, so they are answered, not reset. Linux only;
     elsewhere the port closes as before. Returns how many connections were waiting."""
+    fds = [pseudo.fileno() for server in servers for pseudo in server.sockets or () if pseudo.type == socket.SOCK_STREAM]
+    return await answer_the_queue(fds, timeout_s=timeout_s)
+
+
+async def answer_the_queue(fds: Iterable[int], *, timeout_s: float = 2.0) -> int:
+    """answer_the_backlog on listening sockets given by file descriptor (one whose accept loop is not
+    asyncio's: Granian's runs in Rust threads and keeps accepting meanwhile)."""
     if not sys.platform.startswith("linux"):
         return 0
     listeners = []
-    for server in servers:
-        for pseudo in server.sockets or ():
-            if pseudo.type != socket.SOCK_STREAM:
-                continue
-            sock = socket.socket(fileno=os.dup(pseudo.fileno()))  # a second handle on the same socket
-            try:
-                sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, bytes(_SockFprog(1, _DROP_ALL)))
-            except OSError as exc:
-                log.warning("cannot stop new connections before closing the port (%s); queued ones may be reset", exc)
-                sock.close()
-                continue
-            listeners.append(sock)
+    for fd in fds:
+        sock = socket.socket(fileno=os.dup(fd))  # a second handle on the same socket
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, bytes(_SockFprog(1, _DROP_ALL)))
+        except OSError as exc:
+            log.warning("cannot stop new connections before closing the port (%s); queued ones may be reset", exc)
+            sock.close()
+            continue
+        listeners.append(sock)
     queued = sum(_accept_queue_length(s) for s in listeners)
     deadline = time.monotonic() + timeout_s
     while listeners and any(_accept_queue_length(s) for s in listeners) and time.monotonic() < deadline:

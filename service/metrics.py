@@ -1,9 +1,17 @@
-"""Prometheus metrics in their own registry, vaeserve_ prefix, seconds and _total per convention."""
+"""Prometheus metrics in their own registry, vaeserve_ prefix, seconds and _total per convention.
+
+With several workers (service.workers sets PROMETHEUS_MULTIPROC_DIR before they start) each process
+writes its values to files there and /metrics, whichever worker answers, merges every worker's
+files: the same names and labels, counters summed; gauges as each says (multiprocess_mode).
+"""
 
 from __future__ import annotations
 
+import os
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector
 
 LATENCY_BUCKETS_S = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0)
 BATCH_SIZE_BUCKETS = tuple(float(2**i) for i in range(11))  # 1 .. 1024 items: powers of two
@@ -15,7 +23,11 @@ class Metrics:
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
-        r = self.registry
+        r: CollectorRegistry | None = self.registry
+        self.multiprocess = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
+        if self.multiprocess:  # the metrics are read from the files; registered here too they would show twice
+            MultiProcessCollector(self.registry)
+            r = None
         self.requests = Counter("vaeserve_requests_total", "HTTP requests by endpoint and status code",
                                 ["endpoint", "status"], registry=r)
         self.request_latency = Histogram("vaeserve_request_latency_seconds", "Time from request to response",
@@ -28,7 +40,8 @@ class Metrics:
                                         graph_labels, buckets=LATENCY_BUCKETS_S, registry=r)
         self.batch_size = Histogram("vaeserve_batch_size_items", "Items per executed batch",
                                     graph_labels, buckets=BATCH_SIZE_BUCKETS, registry=r)
-        self.queue_depth = Gauge("vaeserve_queue_depth_items", "Items waiting in a batcher queue", graph_labels, registry=r)
+        self.queue_depth = Gauge("vaeserve_queue_depth_items", "Items waiting in a batcher queue", graph_labels, registry=r,
+                                 multiprocess_mode="livesum")
         self.rejections = Counter("vaeserve_rejections_total", "Requests refused, by reason", ["reason"], registry=r)
         self.client_disconnects = Counter("vaeserve_client_disconnects_total", "Requests whose client went away "
                                           "before the answer (status 499 in vaeserve_requests_total; not errors)",
@@ -36,11 +49,13 @@ class Metrics:
         self.anomaly_score = Histogram("vaeserve_anomaly_score_nats", "Anomaly scores served (for drift dashboards)",
                                        ["model", "version", "variant"], buckets=SCORE_BUCKETS, registry=r)
         self.model_info = Gauge("vaeserve_model_info", "A loaded model version (value is always 1)",
-                                ["name", "version", "backend", "device"], registry=r)
-        self.ready = Gauge("vaeserve_ready", "1 when the model is verified, warmed up and serving", registry=r)
+                                ["name", "version", "backend", "device"], registry=r, multiprocess_mode="livemax")
+        # With several workers: 1 only when every live worker is ready.
+        self.ready = Gauge("vaeserve_ready", "1 when the model is verified, warmed up and serving", registry=r,
+                           multiprocess_mode="livemin")
         # Autoscaling (deploy/k8s/custom-metrics) and per-key quotas (service/quotas.py: key *names*, never keys).
         self.in_flight = Gauge("vaeserve_in_flight_requests", "Requests being handled (probes and scrapes excluded)",
-                               registry=r)
+                               registry=r, multiprocess_mode="livesum")
         self.key_requests = Counter("vaeserve_key_requests_total", "Requests admitted per API key name", ["key"],
                                     registry=r)
         self.key_item_samples = Counter("vaeserve_key_item_samples_total", "Items x Monte Carlo samples admitted "
@@ -49,7 +64,8 @@ class Metrics:
                                     "key name and limit (requests, item_samples)", ["key", "limit"], registry=r)
         self.model_requests = Counter("vaeserve_model_requests_total", "Requests served per model version "
                                       "(canary shares)", ["model", "version"], registry=r)
-        self.models_loaded = Gauge("vaeserve_models_loaded", "Model versions loaded and warm", registry=r)
+        self.models_loaded = Gauge("vaeserve_models_loaded", "Model versions loaded and warm", registry=r,
+                                   multiprocess_mode="livemin")
         self.model_loads = Counter("vaeserve_model_loads_total", "Model version loads, by outcome",
                                    ["model", "outcome"], registry=r)
         self.model_load_time = Histogram("vaeserve_model_load_seconds", "Time to verify, load and warm a version",
@@ -70,6 +86,13 @@ class Metrics:
 
     def model_unloaded(self, *, name: str, version: str, graphs: list[str]) -> None:
         """Drop the version's series so label sets stay bounded by what is loaded."""
+        if self.multiprocess:  # prometheus-client cannot remove series from the files: the gauges say 0
+            for labels in list(self.model_info._metrics):  # noqa: SLF001
+                if labels[:2] == (name, version):
+                    self.model_info.labels(*labels).set(0)
+            for graph in graphs:
+                self.queue_depth.labels(name, version, graph).set(0)
+            return
         for metric in (self.queue_wait, self.inference_time, self.batch_size, self.queue_depth):
             for graph in graphs:
                 _remove(metric, name, version, graph)

@@ -27,6 +27,10 @@ class Settings(BaseSettings):
                                                         "first (0: no limit)")
     host: str = Field("127.0.0.1", description="bind address")
     port: int = Field(8000, ge=0, le=65535, description="TCP port")
+    server: Literal["uvicorn", "granian"] = Field("uvicorn", description="HTTP server: uvicorn, or Granian (the "
+                                                  "`granian` extra; docs/operations.md says what differs)")
+    workers: int = Field(1, ge=1, description="server processes sharing the port (SO_REUSEPORT), each with its own "
+                                              "models and batchers; metrics merged in one /metrics")
     backend: Literal["onnxruntime", "torchscript"] = Field("onnxruntime", description="inference engine")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto picks CUDA when the backend can use it")
     max_batch_size: int = Field(256, ge=1, description="items per executed batch; 1 turns batching off")
