@@ -94,7 +94,8 @@ def otlp_sink() -> str:
 def wrk(port: int, connections: int, duration_s: int, lua: Path, *, path: str = "/anomaly-score",
         server_pid: int | None = None) -> dict[str, Any]:
     """One wrk run; with server_pid, the CPU ms per request of that process tree and of wrk itself,
-    and how many cores anything else kept busy meanwhile (`others`: should be ~0)."""
+    and how many cores anything else kept busy meanwhile (`others`: other jobs, the kernel's softirq
+    work for loopback traffic, hypervisor steal; much above 0.1 on a quiet machine means a shared run)."""
     server_before, busy_before = tree_cpu_s(server_pid) if server_pid else 0.0, machine_busy_s()
     wrk_before = resource.getrusage(resource.RUSAGE_CHILDREN)  # wrk is the only child reaped meanwhile
     wall = time.perf_counter()
@@ -267,7 +268,10 @@ def summary(results: dict[str, dict[int, dict[str, float]]], args: argparse.Name
                   f"than batching-on (p50 {results[name][conns]['p50_ms']:.2f} vs "
                   f"{results['batching-on'][conns]['p50_ms']:.2f} ms)")
     if "many-json" in results:
+        busy, own = machine_busy_s(), time.process_time()
         local = in_process_items_per_s(args.artifacts, 256, args.mc_samples)
+        others = (machine_busy_s() - busy - (time.process_time() - own)) / 3.0
+        print(f"in-process ONNX Runtime, 256 items, K={args.mc_samples}: {local:.0f} items/s (others {others:.2f})")
         for kind in ("many-json", "many-npy"):
             served = results[kind][4]["rps"] * 256
             print(f"256-item requests ({kind[5:]}, K={args.mc_samples}): {served:.0f} items/s served vs {local:.0f} "
