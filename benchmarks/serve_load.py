@@ -22,6 +22,11 @@ What operating it costs (docs/operations.md), against batching-on in the same ru
 OTLP/HTTP to a sink in this process that answers 200):
 
     .venv/bin/python benchmarks/serve_load.py --only batching-on access-log tracing --connections 1 64
+
+The server and its processes (docs/operations.md), against batching-on in the same run: `granian`
+(VAESERVE_SERVER=granian) and `workers-2` (VAESERVE_WORKERS=2, two processes on one port):
+
+    .venv/bin/python benchmarks/serve_load.py --only batching-on granian workers-2 --connections 1 64
 """
 
 from __future__ import annotations
@@ -181,8 +186,8 @@ def main() -> None:
     parser.add_argument("--duration-s", type=int, default=5)
     parser.add_argument("--connections", type=int, nargs="+", default=[1, 16, 64])
     parser.add_argument("--only", nargs="*", default=None,
-                        help="subset of: batching-on batching-off PyTriton R1 R2 access-log tracing "
-                             "(the last two only when named)")
+                        help="subset of: batching-on batching-off PyTriton R1 R2 access-log tracing granian "
+                             "workers-2 (the last four only when named)")
     parser.add_argument("--mc-samples", type=int, default=16, help="mc_samples of each request (the API default is 16)")
     parser.add_argument("--batch-wait-s", type=float, default=None, help="VAESERVE_BATCH_WAIT_TIMEOUT_S for batching-on")
     parser.add_argument("--triton-python", default=str(REPO / ".venv-triton" / "bin" / "python"),
@@ -205,6 +210,8 @@ def main() -> None:
         "batching-on": (service, on, "/readyz"),
         "batching-off": (service, {"VAESERVE_MAX_BATCH_SIZE": "1"}, "/readyz"),
         "access-log": (service, {**on, "VAESERVE_ACCESS_LOG": "json"}, "/readyz"),
+        "granian": (service, {**on, "VAESERVE_SERVER": "granian"}, "/readyz"),
+        "workers-2": (service, {**on, "VAESERVE_WORKERS": "2"}, "/readyz"),
         "PyTriton": (triton, {}, "/v2/models/vae/ready"),
         "R1": (uvicorn + ["benchmarks.reference_apps:r1"], {}, ""),
         "R2": (uvicorn + ["benchmarks.reference_apps:r2"], {}, ""),
@@ -212,12 +219,18 @@ def main() -> None:
     if args.only and "tracing" in args.only:
         targets["tracing"] = (service, {**on, "OTEL_EXPORTER_OTLP_ENDPOINT": otlp_sink(),
                                         "OTEL_TRACES_SAMPLER": "always_on"}, "/readyz")
-    opt_in = {"access-log", "tracing"}
+    opt_in = {"access-log", "tracing", "granian", "workers-2"}
     selected = [n for n in targets if (n in args.only if args.only else n not in opt_in)]
     if "PyTriton" in selected and (why := pytriton_missing(args.triton_python)):
         print(f"PyTriton row skipped: {why}")
         selected.remove("PyTriton")
     results: dict[str, dict[int, dict[str, float]]] = {}
+    if "batching-on" in selected:  # first, on cores no server of this run holds
+        busy, own = machine_busy_s(), time.process_time()
+        local = in_process_items_per_s(args.artifacts, 256, args.mc_samples)
+        others = (machine_busy_s() - busy - (time.process_time() - own)) / 3.0
+        results["in-process"] = {0: {"items_per_s": local}}
+        print(f"in-process ONNX Runtime, 256 items, K={args.mc_samples}: {local:.0f} items/s (others {others:.2f})")
     print(f"wrk -t1, {args.duration_s}s per point, single-item /anomaly-score ({features} floats, "
           f"mc_samples={args.mc_samples}; PyTriton: the same item as KServe v2 JSON)")
     print(f"server CPU: utime+stime of the server's process tree per completed request; wrk runs on the same "
@@ -268,10 +281,7 @@ def summary(results: dict[str, dict[int, dict[str, float]]], args: argparse.Name
                   f"than batching-on (p50 {results[name][conns]['p50_ms']:.2f} vs "
                   f"{results['batching-on'][conns]['p50_ms']:.2f} ms)")
     if "many-json" in results:
-        busy, own = machine_busy_s(), time.process_time()
-        local = in_process_items_per_s(args.artifacts, 256, args.mc_samples)
-        others = (machine_busy_s() - busy - (time.process_time() - own)) / 3.0
-        print(f"in-process ONNX Runtime, 256 items, K={args.mc_samples}: {local:.0f} items/s (others {others:.2f})")
+        local = results["in-process"][0]["items_per_s"]
         for kind in ("many-json", "many-npy"):
             served = results[kind][4]["rps"] * 256
             print(f"256-item requests ({kind[5:]}, K={args.mc_samples}): {served:.0f} items/s served vs {local:.0f} "
