@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import signal
 import time
@@ -36,12 +37,18 @@ ENDPOINTS = {"/encode", "/reconstruct", "/sample", "/interpolate", "/anomaly-sco
              "/metrics", "/model", "/models", "/admin/reload", "/drift", "/"}
 MODEL_OPERATIONS = {"/encode", "/reconstruct", "/sample", "/interpolate", "/anomaly-score"}
 REJECTION_REASONS = {413: "too_large", 429: "queue_full", 503: "not_ready", 504: "timeout"}
+# A request allocates a few hundred tracked objects (frames, dicts, futures); at CPython's default
+# of 700 a young-generation collection ran every few requests and cost 16% of a single-item
+# request's CPU (in-process A/B, 64 concurrent). Nothing here builds reference cycles in bulk.
+GC_YOUNG_THRESHOLD = 20_000
 
 
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     # Load in the background: the port opens at once, /healthz answers, /readyz says 503 until warm.
     loop = asyncio.get_running_loop()
+    gc.freeze()  # what import and app set-up allocated stays: no collection needs to scan it again
+    gc.set_threshold(GC_YOUNG_THRESHOLD, *gc.get_threshold()[1:])
     loading = loop.create_task(app.state.registry.start())
     _reload_on_sighup(app, loop)
     yield

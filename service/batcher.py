@@ -33,7 +33,7 @@ ADMISSION_SHARE_OF_TIMEOUT = 0.5
 batch_member: contextvars.ContextVar[Any] = contextvars.ContextVar("vaeserve_batch_member", default=None)
 
 
-@dataclass
+@dataclass(slots=True)
 class _Chunk:
     inputs: Batch
     size: int
@@ -145,23 +145,27 @@ class DynamicBatcher:
         loop = asyncio.get_running_loop()
         now = time.monotonic()
         member = batch_member.get()
-        futures = []
         step = max(1, self.max_batch_size // unit)
+        if size <= step:  # most requests: one chunk, no slicing, no gather
+            chunk = _Chunk(inputs, size, size * unit, loop.create_future(), now, now + self.request_timeout_s, member)
+            self._enqueue([chunk], size, unit)
+            return await chunk.future
+        chunks = []
         for start in range(0, size, step):
             part = {k: v[start:start + step] for k, v in inputs.items()}
             n = len(next(iter(part.values())))
-            chunk = _Chunk(part, n, n * unit, loop.create_future(), now, now + self.request_timeout_s, member)
-            self._queue.append(chunk)
-            futures.append(chunk.future)
+            chunks.append(_Chunk(part, n, n * unit, loop.create_future(), now, now + self.request_timeout_s, member))
+        self._enqueue(chunks, size, unit)
+        results = await asyncio.gather(*(c.future for c in chunks))
+        return {k: np.concatenate([r[k] for r in results]) for k in results[0]}
+
+    def _enqueue(self, chunks: list[_Chunk], size: int, unit: int) -> None:
+        self._queue.extend(chunks)
         self.queued_items += size
         self.budget.items += size
         self.queued_weight += size * unit
         self._report_depth()
         self._wakeup.set()
-        if len(futures) == 1:
-            return await futures[0]
-        results = await asyncio.gather(*futures)
-        return {k: np.concatenate([r[k] for r in results]) for k in results[0]}
 
     def _refuse_if_it_can_never_fit(self, size: int, unit: int) -> None:
         """413, not 429, for work no retry can get admitted: more items than the whole queue holds, or

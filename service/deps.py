@@ -13,6 +13,7 @@ import orjson
 from fastapi import Depends, Request
 from pydantic import BaseModel, ValidationError
 
+from service import json_body
 from service.errors import (
     BodyReadTimeout,
     BodyTooLarge,
@@ -119,7 +120,7 @@ async def read_request(request: Request, settings: Settings) -> dict[str, Any]:
         raise UnsupportedMediaType(f"content-type must be application/json or {NPY}, got {content_type!r}")
     body = await read_body(request, settings)
     try:
-        data = orjson.loads(body)
+        data = json_body.loads(body)  # `inputs` as an array when it is plain rows of numbers
     except orjson.JSONDecodeError as exc:
         raise MalformedBody(f"body is not valid JSON: {exc}") from None
     if not isinstance(data, dict):
