@@ -109,6 +109,9 @@ def _load_onnx(data: bytes, spec: dict[str, Any], *, device: str, threads: int) 
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
+    # Idle pool threads would spin waiting for the next batch, burning a core between batches: a
+    # single-item request cost 0.92 ms of server CPU with spinning, 0.59 without, at the same rate.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if use_cuda else ["CPUExecutionProvider"]
     try:
         session = ort.InferenceSession(data, sess_options=options, providers=providers)
