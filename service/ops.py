@@ -65,6 +65,9 @@ def card(handle: ModelHandle) -> dict[str, Any]:
         "created": manifest["model"].get("created"),
         "backend": handle.runtime.backend,
         "device": handle.runtime.device,
+        "precision": handle.runtime.precision,
+        "quantization": {p: {"graphs": sorted(q.get("graphs", {})), "parity": q.get("parity", {}).get("scores", {})}
+                         for p, q in manifest.get("quantization", {}).items()},
         "config": manifest["config"],
         "input": {k: v for k, v in manifest["input"].items() if k != "standardization"},
         "likelihood": manifest["likelihood"],

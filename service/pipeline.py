@@ -190,7 +190,7 @@ def load_warm_runtime(artifacts_dir: Path, settings: Settings) -> ModelRuntime:
     # model's rate that way, 88% with one thread each (benchmarks/serve_models.py).
     threads = settings.intra_op_threads or (1 if settings.model_repository is not None else 0)
     runtime = load_runtime(artifacts_dir, backend=settings.backend, device=settings.device,
-                           intra_op_threads=threads)
+                           intra_op_threads=threads, precision=settings.precision)
     runtime.warm_up()
     return runtime
 

@@ -429,7 +429,7 @@ class ModelRegistry:
                            "policy": entry.policy.to_dict(), "unloaded": entry.unloaded_by_admin,
                            "problem": entry.source.problem, "versions": versions})
         return {"default_model": self.default, "max_loaded_models": self.settings.max_loaded_models or None,
-                "models": models}
+                "precision": self.settings.precision, "models": models}
 
     @staticmethod
     def _share(entry: ModelEntry, version: str) -> float:

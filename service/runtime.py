@@ -35,6 +35,7 @@ class ModelRuntime:
     device: str
     graphs: dict[str, GraphFn]
     artifacts_dir: Path
+    precision: str = "float32"  # int8: the graphs of `vaeserve export --quantize int8`, where there is one
 
     @property
     def name(self) -> str:
@@ -65,24 +66,38 @@ class ModelRuntime:
                 self.run(graph, {name: feeds[name] for name in self.inputs(graph)})
 
 
-def load_runtime(artifacts_dir: Path, *, backend: str, device: str, intra_op_threads: int = 0) -> ModelRuntime:
-    """Read the manifest, verify and load every graph for the chosen backend and device."""
+def load_runtime(artifacts_dir: Path, *, backend: str, device: str, intra_op_threads: int = 0,
+                 precision: str = "float32") -> ModelRuntime:
+    """Read the manifest, verify and load every graph for the chosen backend, device and precision."""
     manifest = load_manifest(artifacts_dir, verify_files=False)
     config = VAEConfig.from_dict(manifest["config"])
+    int8 = _int8_files(manifest, backend=backend, directory=artifacts_dir) if precision == "int8" else {}
     loader = _load_onnx if backend == "onnxruntime" else _load_torchscript
     graphs: dict[str, GraphFn] = {}
     resolved_device = "cpu"
     for name, spec in manifest["graphs"].items():
-        file_name = spec["onnx" if backend == "onnxruntime" else "torchscript"]
+        file_name = int8.get(name) or spec["onnx" if backend == "onnxruntime" else "torchscript"]
         data = _verified_bytes(artifacts_dir, file_name, manifest)
-        graphs[name], resolved_device = loader(data, spec, device=device, threads=intra_op_threads)
+        graphs[name], resolved_device = loader(data, {**spec, "onnx": file_name}, device=device,
+                                               threads=intra_op_threads)
     # A VampPrior model's /sample needs its sampler graph (the mixture's components are baked in there).
     missing = {"encoder", "decoder", "scorer", *(["sampler"] if config.prior == "vampprior" else [])} - set(graphs)
     if missing:
         raise ArtifactError(f"manifest lacks graphs {sorted(missing)}")
-    log.info("loaded %s %s on %s/%s from %s", manifest["model"]["name"], manifest["model"]["version"],
-             backend, resolved_device, artifacts_dir)
-    return ModelRuntime(manifest, config, backend, resolved_device, graphs, Path(artifacts_dir))
+    log.info("loaded %s %s on %s/%s (%s) from %s", manifest["model"]["name"], manifest["model"]["version"],
+             backend, resolved_device, precision, artifacts_dir)
+    return ModelRuntime(manifest, config, backend, resolved_device, graphs, Path(artifacts_dir), precision)
+
+
+def _int8_files(manifest: dict[str, Any], *, backend: str, directory: Path) -> dict[str, str]:
+    """Graph -> its int8 ONNX file; a graph without one (a VampPrior sampler) runs in float."""
+    if backend != "onnxruntime":
+        raise ArtifactError("precision int8 runs int8 ONNX graphs: use backend onnxruntime")
+    graphs = manifest.get("quantization", {}).get("int8", {}).get("graphs")
+    if not graphs:
+        raise ArtifactError(f"precision int8, but {directory} has no int8 graphs: export it with "
+                            "`vaeserve export --quantize int8`, or serve it with precision float32")
+    return {name: str(graph["onnx"]) for name, graph in graphs.items()}
 
 
 def _verified_bytes(directory: Path, file_name: str, manifest: dict[str, Any]) -> bytes:

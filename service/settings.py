@@ -33,6 +33,9 @@ class Settings(BaseSettings):
                                               "models and batchers; metrics merged in one /metrics")
     backend: Literal["onnxruntime", "torchscript"] = Field("onnxruntime", description="inference engine")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto picks CUDA when the backend can use it")
+    precision: Literal["float32", "int8"] = Field("float32", description="graphs to run: float32, or the int8 ones of "
+                                                  "`vaeserve export --quantize int8` (ONNX Runtime only; a model "
+                                                  "exported without them does not load)")
     max_batch_size: int = Field(256, ge=1, description="items per executed batch; 1 turns batching off")
     batch_wait_timeout_s: float = Field(
         0.002, ge=0, description="how long a batch waits for more items under load (a lone request never waits)"

@@ -36,6 +36,17 @@ def artifacts_dir(tiny_run: Path, tmp_path_factory: pytest.TempPathFactory) -> P
     return out
 
 
+@pytest.fixture(scope="session")
+def int8_artifacts(tiny_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny model exported with its int8 graphs too (`export --quantize int8`)."""
+    from training.cli import main
+
+    out = tmp_path_factory.mktemp("int8-artifacts") / "export"
+    assert main(["export", "--checkpoint", str(tiny_run / "best.pt"), "--out", str(out), "--name", "tiny-vae",
+                 "--version", "1", "--quantize", "int8"]) == 0
+    return out
+
+
 # One class normal (trousers), a larger validation split: 1,800 calibration scores for p-values
 # and the drift reference. Trained ~5 s, like the tiny model.
 ONE_CLASS = 1

@@ -96,6 +96,13 @@ def add_commands(sub: Any) -> None:
     export.add_argument("--name", default="fashion-mnist-vae", help="model name reported by the service")
     export.add_argument("--version", default=None,
                         help="model version (default: the next integer in a repository, else a UTC timestamp)")
+    export.add_argument("--quantize", choices=["int8"], default=None,
+                        help="also write int8 graphs beside the float ones (ONNX Runtime static quantization "
+                             "calibrated on the validation split; VAESERVE_PRECISION=int8 serves them); refused, "
+                             "leaving the output as it was, when their p99 |score - float score| on held-out "
+                             "data is above --max-quantized-p99-nats")
+    export.add_argument("--max-quantized-p99-nats", type=float, default=0.5,
+                        help="with --quantize: the largest p99 |int8 - float| of the -ELBO and IWAE scores accepted")
     export.set_defaults(handler=_export)
 
 
@@ -123,9 +130,10 @@ def known_errors() -> tuple[type[Exception], ...]:
     try:
         from training.data import DatasetError
         from training.export import ParityError
+        from training.quantize import QuantizationRefused
     except ImportError:  # serve-only install without torch
         return ()
-    return DatasetError, ParityError
+    return DatasetError, ParityError, QuantizationRefused
 
 
 def _data_spec(args: argparse.Namespace) -> Any:
@@ -222,9 +230,23 @@ def _export(args: argparse.Namespace) -> int:
     else:
         version = args.version or datetime.now(timezone.utc).strftime("%Y%m%d%H%M%S")
         out = args.out or DEFAULT_ARTIFACTS
-    manifest = export_model(model, payload, out, train_x=data.train_x, val_x=data.val_x, name=args.name,
+
+    def export(folder: Path) -> dict[str, Any]:
+        return export_model(model, payload, folder, train_x=data.train_x, val_x=data.val_x, name=args.name,
                             version=version, metrics=metrics)
-    print(json.dumps({"artifacts": str(out), "model": manifest["model"], "parity": manifest["parity"]}, indent=2))
+
+    if args.quantize:
+        from training.quantize import export_with_int8
+
+        heldout = "validation (no test split)" if data.test_x is data.val_x else "test"
+        manifest = export_with_int8(out, export, calibration_x=data.val_x, heldout_x=data.test_x, heldout_split=heldout,
+                                    max_p99_nats=args.max_quantized_p99_nats)
+    else:
+        manifest = export(out)
+    summary = {"artifacts": str(out), "model": manifest["model"], "parity": manifest["parity"]}
+    if "quantization" in manifest:
+        summary["int8_parity"] = manifest["quantization"]["int8"]["parity"]["scores"]
+    print(json.dumps(summary, indent=2))
     return 0
 
 
