@@ -27,6 +27,11 @@ The server and its processes (docs/operations.md), against batching-on in the sa
 (VAESERVE_SERVER=granian) and `workers-2` (VAESERVE_WORKERS=2, two processes on one port):
 
     .venv/bin/python benchmarks/serve_load.py --only batching-on granian workers-2 --connections 1 64
+
+The int8 graphs (docs/performance.md), against batching-on in the same run: `int8`
+(VAESERVE_PRECISION=int8; artifacts exported with `vaeserve export --quantize int8`):
+
+    .venv/bin/python benchmarks/serve_load.py --only batching-on int8 --mc-samples 16 --connections 1 64
 """
 
 from __future__ import annotations
@@ -187,7 +192,7 @@ def main() -> None:
     parser.add_argument("--connections", type=int, nargs="+", default=[1, 16, 64])
     parser.add_argument("--only", nargs="*", default=None,
                         help="subset of: batching-on batching-off PyTriton R1 R2 access-log tracing granian "
-                             "workers-2 (the last four only when named)")
+                             "workers-2 int8 (the last five only when named)")
     parser.add_argument("--mc-samples", type=int, default=16, help="mc_samples of each request (the API default is 16)")
     parser.add_argument("--batch-wait-s", type=float, default=None, help="VAESERVE_BATCH_WAIT_TIMEOUT_S for batching-on")
     parser.add_argument("--triton-python", default=str(REPO / ".venv-triton" / "bin" / "python"),
@@ -212,6 +217,7 @@ def main() -> None:
         "access-log": (service, {**on, "VAESERVE_ACCESS_LOG": "json"}, "/readyz"),
         "granian": (service, {**on, "VAESERVE_SERVER": "granian"}, "/readyz"),
         "workers-2": (service, {**on, "VAESERVE_WORKERS": "2"}, "/readyz"),
+        "int8": (service, {**on, "VAESERVE_PRECISION": "int8"}, "/readyz"),
         "PyTriton": (triton, {}, "/v2/models/vae/ready"),
         "R1": (uvicorn + ["benchmarks.reference_apps:r1"], {}, ""),
         "R2": (uvicorn + ["benchmarks.reference_apps:r2"], {}, ""),
@@ -219,7 +225,7 @@ def main() -> None:
     if args.only and "tracing" in args.only:
         targets["tracing"] = (service, {**on, "OTEL_EXPORTER_OTLP_ENDPOINT": otlp_sink(),
                                         "OTEL_TRACES_SAMPLER": "always_on"}, "/readyz")
-    opt_in = {"access-log", "tracing", "granian", "workers-2"}
+    opt_in = {"access-log", "tracing", "granian", "workers-2", "int8"}
     selected = [n for n in targets if (n in args.only if args.only else n not in opt_in)]
     if "PyTriton" in selected and (why := pytriton_missing(args.triton_python)):
         print(f"PyTriton row skipped: {why}")
@@ -280,6 +286,11 @@ def summary(results: dict[str, dict[int, dict[str, float]]], args: argparse.Name
             print(f"{name} at {conns} connections: {results[name][conns]['rps']:.0f} req/s, {cost:+.1%} fewer "
                   f"than batching-on (p50 {results[name][conns]['p50_ms']:.2f} vs "
                   f"{results['batching-on'][conns]['p50_ms']:.2f} ms)")
+    for conns in args.connections if "int8" in results else ():
+        print(f"int8 / batching-on at {conns} connections (K={args.mc_samples}): "
+              f"{results['int8'][conns]['rps'] / results['batching-on'][conns]['rps']:.2f}x req/s, "
+              f"{results['int8'][conns]['server_ms'] / results['batching-on'][conns]['server_ms']:.2f}x server CPU "
+              "per request")
     if "many-json" in results:
         local = results["in-process"][0]["items_per_s"]
         for kind in ("many-json", "many-npy"):
