@@ -35,7 +35,7 @@ PR_SET_PDEATHSIG = 1
 def supervise(settings: Settings) -> int:
     """Start settings.workers workers and wait for them; the exit status of a single server."""
     if settings.port == 0:
-        raise ValueError("workers > 1 needs a fixed port: with port 0 each worker would get a port of its own")
+        raise SystemExit("workers > 1 needs a fixed port: with port 0 each worker would get a port of its own")
     _port_is_free(settings.host, settings.port)
     if settings.intra_op_threads == 0 and settings.model_repository is None:
         # ONNX Runtime's default is a thread per core in every graph of every worker: N workers would run
@@ -113,7 +113,7 @@ def _port_is_free(host: str, port: int) -> None:
         try:
             probe.bind((host, port))
         except OSError as exc:
-            raise OSError(exc.errno, f"cannot serve on {host}:{port}: {exc.strerror}") from None
+            raise SystemExit(f"cannot serve on {host}:{port}: {exc.strerror}") from None  # one line, exit 1
 
 
 def _metrics_dir() -> tuple[Path, bool]:
