@@ -13,6 +13,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from model.latent import interpolate, traverse  # noqa: E402
+from model.prior import mixture_sample  # noqa: E402
 from model.vae import VAE  # noqa: E402
 
 
@@ -43,9 +44,14 @@ def save_pictures(model: VAE, x: np.ndarray, out_dir: Path, *, kl_per_dim: list[
     gen = torch.Generator().manual_seed(seed)
     decode = lambda z: model.generate(torch.from_numpy(np.asarray(z, dtype=np.float32))).numpy()  # noqa: E731
     paths = []
-    samples = decode(torch.randn(64, d, generator=gen).numpy())
+    z = torch.randn(64, d, generator=gen)
+    if model.prior is not None:  # a VampPrior: draw as /sample does, from the mixture
+        with torch.no_grad():
+            z = mixture_sample(torch.rand(64, generator=gen), z, *model.prior_components())
+    samples = decode(z.numpy())
     paths.append(out_dir / "samples.png")
-    _save_grid(paths[-1], image_grid(samples, rows=8, cols=8, height=h, width=w), "samples z ~ N(0, I)")
+    _save_grid(paths[-1], image_grid(samples, rows=8, cols=8, height=h, width=w),
+               "samples z ~ N(0, I)" if model.prior is None else "samples z ~ VampPrior")
     originals = x[:16]
     recon = model.reconstruct(torch.from_numpy(originals)).numpy()
     paths.append(out_dir / "reconstructions.png")
