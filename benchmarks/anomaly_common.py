@@ -20,23 +20,26 @@ def one_thread() -> None:
 
 
 def train_and_export(run_dir: Path, train_args: list[str], *, repository: Path | None = None,
-                     name: str = "bench") -> Path:
-    """`vaeserve train ...` then `vaeserve export` (into a model repository as `name`'s next version
-    when one is given); returns the artifacts folder."""
+                     name: str = "bench", export_args: tuple[str, ...] = ()) -> Path:
+    """`vaeserve train ...` then `vaeserve export ...export_args` (into a model repository as `name`'s
+    next version when one is given); returns the artifacts folder."""
     assert vaeserve(["train", "--out", str(run_dir), *train_args]) == 0
     if repository is None:
         artifacts = run_dir / "artifacts"
         assert vaeserve(["export", "--checkpoint", str(run_dir / "best.pt"), "--out", str(artifacts),
-                         "--version", "bench"]) == 0
+                         "--version", "bench", *export_args]) == 0
         return artifacts
     version = next_version(repository, name)
     assert vaeserve(["export", "--checkpoint", str(run_dir / "best.pt"), "--repository", str(repository),
-                     "--name", name, "--version", version]) == 0
+                     "--name", name, "--version", version, *export_args]) == 0
     return version_dir(repository, name, version)
 
 
-def onnx_scores(artifacts: Path, x: np.ndarray, *, mc_samples: int = 16, seed: int = 0) -> dict[str, np.ndarray]:
-    """Every score variant for x, computed by the exported scorer graph as the service runs it."""
+def onnx_scores(artifacts: Path, x: np.ndarray, *, mc_samples: int = 16, seed: int = 0,
+                precision: str = "float32") -> dict[str, np.ndarray]:
+    """Every score variant for x, computed by the exported scorer graph (float32, or its int8 twin of
+    `export --quantize int8`) as the service runs it."""
     manifest = json.loads((artifacts / "manifest.json").read_text())
-    return onnx_variant_scores(artifacts / "scorer.onnx", x, latent_dim=manifest["config"]["latent_dim"],
+    graph = manifest["quantization"][precision]["graphs"]["scorer"]["onnx"] if precision != "float32" else "scorer.onnx"
+    return onnx_variant_scores(artifacts / graph, x, latent_dim=manifest["config"]["latent_dim"],
                                mc_samples=mc_samples, seed=seed)

@@ -3,6 +3,7 @@ that class's training images, score all 10,000 test images, AUROC with that clas
 the other nine as anomalies. Scores come from the exported graphs (ONNX Runtime), not training code.
 
     .venv/bin/python benchmarks/anomaly_fmnist.py [--epochs 20] [--classes 0 1 ...] [--architecture conv]
+        [--quantize int8]   (export int8 graphs too; each class is also scored by them, a second table)
 
 Measured here (mean AUROC over 10 classes): conv (--architecture conv --hidden 256 --epochs 60
 --jobs 2, ~170-190 s a class, two at a time): elbo 91.32, iwae 91.24, elbo_latent 92.76, elbo_knn
@@ -36,17 +37,23 @@ PUBLISHED = {  # mean AUROC (%) under the same protocol; GEOM per class from Gol
 }
 
 
-def one_class(c: int, train_args: list[str], repository: Path | None) -> tuple[int, dict[str, float], float]:
-    """Train on class c, score the whole test set with the exported scorer: AUROC per variant (%).
+def one_class(c: int, train_args: list[str], repository: Path | None,
+              quantize: str | None = None) -> tuple[int, dict[str, float], float]:
+    """Train on class c, score the whole test set with the exported scorer: AUROC per variant (%),
+    and with quantize, also by the int8 scorer ("int8 <variant>" keys).
     With a repository, the model is also kept there as `class-<c>` (its next version)."""
     start = time.perf_counter()
     test = load_fashion_mnist()
+    anomalous = np.asarray(test.test_y != c)
+    row = {}
     with tempfile.TemporaryDirectory() as tmp:
         artifacts = train_and_export(Path(tmp), ["--normal-classes", str(c), *train_args], repository=repository,
-                                     name=f"class-{c}")
-        scores = onnx_scores(artifacts, test.test_x)
-    anomalous = np.asarray(test.test_y != c)
-    return c, {v: 100 * auroc(scores[v], anomalous) for v in SCORE_VARIANTS}, time.perf_counter() - start
+                                     name=f"class-{c}", export_args=("--quantize", quantize) if quantize else ())
+        for precision in ("float32", *([quantize] if quantize else [])):
+            scores = onnx_scores(artifacts, test.test_x, precision=precision)
+            prefix = "" if precision == "float32" else f"{precision} "
+            row.update({prefix + v: 100 * auroc(scores[v], anomalous) for v in SCORE_VARIANTS})
+    return c, row, time.perf_counter() - start
 
 
 def main() -> None:
@@ -59,6 +66,9 @@ def main() -> None:
     parser.add_argument("--ema-decay", default=None, help="passed to `vaeserve train` (default: its default)")
     parser.add_argument("--jobs", type=int, default=1, help="classes run at once, one CPU thread each")
     parser.add_argument("--seed", type=int, default=0, help="training seed (initialization, shuffling, noise)")
+    parser.add_argument("--quantize", choices=["int8"], default=None,
+                        help="export int8 graphs too (refused, failing the run, beyond 0.5 nats p99) and score "
+                             "each class with them as well")
     parser.add_argument("--repository", type=Path, default=None,
                         help="also keep the ten models in this model repository (class-<c>/<version>/), "
                              "which `vaeserve serve` serves with VAESERVE_MODEL_REPOSITORY")
@@ -71,18 +81,20 @@ def main() -> None:
     with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn"),
                              initializer=one_thread if args.jobs > 1 else None) as pool:
         jobs = len(args.classes)
-        for c, row, seconds in pool.map(one_class, args.classes, [train_args] * jobs, [args.repository] * jobs):
+        for c, row, seconds in pool.map(one_class, args.classes, [train_args] * jobs, [args.repository] * jobs,
+                                        [args.quantize] * jobs):
             rows[c] = row
             print(f"class {c} ({FASHION_MNIST_CLASSES[c]}): " + "  ".join(f"{v} {row[v]:.1f}" for v in SCORE_VARIANTS)
                   + f"  ({seconds:.0f}s)", flush=True)
-    table = {v: [rows[c][v] for c in args.classes] for v in SCORE_VARIANTS}
-    header = "variant      " + "".join(f"{c:>6}" for c in args.classes) + "    mean"
+    variants = [p + v for p in ("", *([f"{args.quantize} "] if args.quantize else [])) for v in SCORE_VARIANTS]
+    table = {v: [rows[c][v] for c in args.classes] for v in variants}
+    header = "variant           " + "".join(f"{c:>6}" for c in args.classes) + "    mean"
     print("\nAUROC (%), one class normal, the other nine anomalous, 10,000 test images\n" + header)
-    for v in SCORE_VARIANTS:
-        print(f"{v:<13}" + "".join(f"{a:6.1f}" for a in table[v]) + f"  {np.mean(table[v]):6.2f}")
+    for v in variants:
+        print(f"{v:<18}" + "".join(f"{a:6.1f}" for a in table[v]) + f"  {np.mean(table[v]):6.2f}")
     for name, (mean, per_class) in PUBLISHED.items():
         cells = "".join(f"{per_class[c]:6.1f}" for c in args.classes) if per_class else " " * 6 * len(args.classes)
-        print(f"{name:<13}" + cells + f"  {mean:6.1f}  (published)")
+        print(f"{name:<18}" + cells + f"  {mean:6.1f}  (published)")
 
 
 if __name__ == "__main__":
