@@ -12,7 +12,7 @@ wrk completed) for single-item requests at 1, 16 and 64 connections (wrk -t1), r
   R1             FastAPI with a pydantic model, constant answer (benchmarks/reference_apps.py)
   R2             bare ASGI + orjson, constant answer
 All but PyTriton run one uvicorn worker. wrk runs on the same cores: its own CPU ms per request
-is printed too. Then, on batching-on, items/s for 256-item requests as JSON (`many-json`) and as
+is printed too, and `others`, the cores anything else kept busy (a run shared with another job). Then, on batching-on, items/s for 256-item requests as JSON (`many-json`) and as
 .npy (`many-npy`), against in-process ONNX Runtime on the same graph.
 
     .venv/bin/python benchmarks/serve_load.py --artifacts artifacts [--duration-s 5] [--mc-samples 1]
