@@ -16,9 +16,7 @@ import logging
 import math
 import random
 import time
-from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -72,6 +70,24 @@ class ModelEntry:
         return self.source.policy
 
 
+class Lease:
+    """One request's hold on a handle: counted in active_requests from acquire to exit, so a version
+    is not unloaded under it. (A class: @asynccontextmanager cost 6% of a single-item request.)"""
+
+    __slots__ = ("registry", "model", "version", "handle")
+
+    def __init__(self, registry: ModelRegistry, model: str | None, version: str | None) -> None:
+        self.registry, self.model, self.version = registry, model, version
+
+    async def __aenter__(self) -> ModelHandle:
+        self.handle = await self.registry.acquire(self.model, self.version)
+        self.handle.active_requests += 1
+        return self.handle
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self.handle.active_requests -= 1
+
+
 class ModelRegistry:
     def __init__(self, settings: Settings, metrics: Metrics) -> None:
         self.settings = settings
@@ -119,15 +135,10 @@ class ModelRegistry:
             return slot.error
         return "loading and warming up"
 
-    @asynccontextmanager
-    async def use(self, model: str | None = None, version: str | None = None) -> AsyncIterator[ModelHandle]:
-        """A loaded handle for the whole of one request (un-pinned requests follow the canary policy)."""
-        handle = await self.acquire(model, version)
-        handle.active_requests += 1
-        try:
-            yield handle
-        finally:
-            handle.active_requests -= 1
+    def use(self, model: str | None = None, version: str | None = None) -> Lease:
+        """`async with registry.use(...) as handle`: a loaded handle for the whole of one request
+        (un-pinned requests follow the canary policy)."""
+        return Lease(self, model, version)
 
     async def acquire(self, model: str | None, version: str | None) -> ModelHandle:
         entry = self._entry(model)
