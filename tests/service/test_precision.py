@@ -3,6 +3,7 @@ float server; a model exported without them is refused with a reason."""
 
 from __future__ import annotations
 
+import shutil
 import time
 from pathlib import Path
 
@@ -46,5 +47,24 @@ def test_int8_precision_without_int8_graphs_is_not_ready_and_says_why(artifacts_
             time.sleep(0.05)
         assert ready.status_code == 503
         assert "no int8 graphs" in ready.json()["error"] and "--quantize int8" in ready.json()["error"]
+    finally:
+        proc.stop()
+
+
+def test_int8_in_a_repository_serves_quantized_versions_and_fails_the_others(int8_artifacts: Path,
+                                                                             artifacts_dir: Path, tmp_path: Path) -> None:
+    repository = tmp_path / "repository"
+    shutil.copytree(int8_artifacts, repository / "quantized" / "1")
+    shutil.copytree(artifacts_dir, repository / "float-only" / "1")
+    proc = start_server(repository, tmp_path, wait_ready=False, model_repository=repository, precision="int8",
+                        default_model="quantized")
+    try:
+        wait_until_ready(proc)
+        score = httpx.post(proc.url + "/models/quantized/anomaly-score", json={"inputs": [[0.5] * 784]})
+        assert score.status_code == 200 and httpx.get(proc.url + "/models/quantized").json()["precision"] == "int8"
+        refused = httpx.post(proc.url + "/models/float-only/anomaly-score", json={"inputs": [[0.5] * 784]})
+        assert refused.status_code == 503 and "no int8 graphs" in refused.json()["error"]
+        versions = {m["name"]: m["versions"][0] for m in httpx.get(proc.url + "/models").json()["models"]}
+        assert versions["float-only"]["state"] == "failed" and "no int8 graphs" in versions["float-only"]["error"]
     finally:
         proc.stop()
