@@ -88,6 +88,7 @@ class DynamicBatcher:
         on_batch: Callable[[BatchStats], None] | None = None,
         on_queue_depth: Callable[[int], None] | None = None,
         budget: QueueBudget | None = None,
+        inline_max_weight: int = 0,
     ) -> None:
         if max_batch_size < 1:
             raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
@@ -106,6 +107,9 @@ class DynamicBatcher:
         # admission estimate count weight, so a batch of heavy items stays small.
         self.item_weight = item_weight
         self.wait_when_idle = wait_when_idle
+        # A batch this light (a lone request) runs on the event loop: handing it to a worker thread
+        # and back costs more than running it, and nothing else is waiting meanwhile.
+        self.inline_max_weight = inline_max_weight
         self.on_batch = on_batch
         self.on_queue_depth = on_queue_depth
         self._queue: deque[_Chunk] = deque()
@@ -276,11 +280,13 @@ class DynamicBatcher:
         inputs = chunks[0].inputs if len(chunks) == 1 else {
             k: np.concatenate([c.inputs[k] for c in chunks]) for k in chunks[0].inputs}
         total = sum(c.size for c in chunks)
-        self._in_flight = sum(c.weight for c in chunks)
+        self._in_flight = weight = sum(c.weight for c in chunks)
         self._last_batch_chunks = len(chunks)
         try:
-            loop = asyncio.get_running_loop()
-            outputs = await loop.run_in_executor(self.executor, self.handler, inputs)
+            if weight <= self.inline_max_weight:
+                outputs = self.handler(inputs)
+            else:
+                outputs = await asyncio.get_running_loop().run_in_executor(self.executor, self.handler, inputs)
             for name, value in outputs.items():
                 if len(value) != total:
                     raise RuntimeError(f"handler returned {len(value)} rows of {name!r} for {total} items")
@@ -292,7 +298,7 @@ class DynamicBatcher:
         finally:
             self._in_flight = 0
         elapsed = time.monotonic() - start
-        rate = sum(c.weight for c in chunks) / max(elapsed, 1e-6)
+        rate = weight / max(elapsed, 1e-6)
         self._weight_per_s = rate if self._weight_per_s == 0 else 0.8 * self._weight_per_s + 0.2 * rate
         offset = 0
         for chunk in chunks:

@@ -204,7 +204,7 @@ def build_handle(runtime: ModelRuntime, *, name: str, version: str, settings: Se
         graph: DynamicBatcher(
             _graph_runner(runtime, graph),
             max_batch_size=s.max_batch_size, batch_wait_timeout_s=s.batch_wait_timeout_s,
-            wait_when_idle=s.batch_wait_when_idle, budget=budget,
+            wait_when_idle=s.batch_wait_when_idle, budget=budget, inline_max_weight=s.inline_batch_max_weight,
             max_queue_items=s.max_queue_items, request_timeout_s=s.request_timeout_s, executor=executor,
             item_weight=_scorer_item_weight if "eps" in runtime.inputs(graph) else None,
             on_batch=_batch_observer(metrics, ref, graph),

@@ -41,6 +41,9 @@ class Settings(BaseSettings):
         0.002, ge=0, description="how long a batch waits for more items under load (a lone request never waits)"
     )
     batch_wait_when_idle: bool = Field(False, description="also make a lone request wait batch_wait_timeout_s")
+    inline_batch_max_weight: int = Field(1, ge=0, description="batches of at most this weight (items; a scorer item "
+                                         "with K draws weighs ceil(K/16)) run on the event loop, not a worker "
+                                         "thread: a lone request skips the hand-off (0: always a thread)")
     max_queue_items: int = Field(4096, ge=1, description="queued items per model (all its graphs and versions) before its requests get 429")
     request_timeout_s: float = Field(10.0, gt=0, description="a request still queued after this gets 504")
     max_in_flight: int = Field(512, ge=1, description="model requests in the process at once (from their headers "
