@@ -82,7 +82,7 @@ def add_commands(sub: Any) -> None:
     evaluate.add_argument("--iwae-k", type=int, default=5000, help="importance samples K for the NLL estimate")
     evaluate.add_argument("--iwae-examples", type=_examples, default=0, metavar="N|all",
                           help="the first N test images for the IWAE NLL, or all (0 or 'all': the published "
-                               "protocol, ~11 min at K=5000 for the default model on 2 cores)")
+                               "protocol, ~11-15 min at K=5000 for the default model on 2 cores)")
     evaluate.add_argument("--out", type=Path, default=None, help="where to write evaluation.json (default: beside the checkpoint)")
     evaluate.set_defaults(handler=_evaluate)
 
