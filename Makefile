@@ -12,7 +12,12 @@ FASHION_MNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 # envsubst for the nginx template).
 TEST_DEBS := dataset-fashion-mnist nginx prometheus wrk chromium gettext-base
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-TRAIN_ARGS ?= --epochs 60 --latent-dim 32 --kl-warmup-steps 5000
+# ~10 min on 2 cores; test NLL 229.47 +- 0.76 by the published protocol (docs/performance.md).
+TRAIN_ARGS ?= --epochs 60 --latent-dim 32 --kl-warmup-steps 5000 --prior vampprior --pseudo-inputs 200 \
+	--precision bf16 --lr-schedule cosine
+# The first 1,000 test images (~2 min): serving starts sooner. The published protocol (all 10,000,
+# 12-25 min on 2 cores) is `vaeserve evaluate --checkpoint runs/default/best.pt`.
+EVAL_ARGS ?= --iwae-examples 1000
 
 .PHONY: run test venv dataset model export serve lint bench clean
 
@@ -34,7 +39,7 @@ dataset:
 
 $(RUN_DIR)/best.pt: | venv dataset
 	$(VAESERVE) train --out $(RUN_DIR) $(TRAIN_ARGS)
-	$(VAESERVE) evaluate --checkpoint $(RUN_DIR)/best.pt
+	$(VAESERVE) evaluate --checkpoint $(RUN_DIR)/best.pt $(EVAL_ARGS)
 
 $(ARTIFACTS)/manifest.json: $(RUN_DIR)/best.pt
 	$(VAESERVE) export --checkpoint $(RUN_DIR)/best.pt --out $(ARTIFACTS)
