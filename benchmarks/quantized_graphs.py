@@ -9,28 +9,22 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
+import sys
 from pathlib import Path
 
 import numpy as np
 import onnx
 import onnxruntime as ort
 
-from training.quantize import cheaper_softplus
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.scorer_graphs import items_per_second  # noqa: E402
+from training.onnx_rewrites import cheaper_softplus  # noqa: E402
 
 
 def session(model: str | bytes, threads: int) -> ort.InferenceSession:
     options = ort.SessionOptions()
     options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
     return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
-
-
-def items_per_second(sess: ort.InferenceSession, feeds: dict[str, np.ndarray], seconds: float) -> float:
-    runs, start = 0, time.perf_counter()
-    while time.perf_counter() - start < seconds:
-        sess.run(None, feeds)
-        runs += 1
-    return runs * len(feeds["x"]) / (time.perf_counter() - start)
 
 
 def main() -> None:

@@ -78,7 +78,7 @@ def _rows_fast(body: bytes) -> dict[str, Any] | None:
         values = np.frombuffer(rows.as_buffer(of_type="d"), dtype=np.float64)  # TypeError: a bool, string or null
     except (TypeError, ValueError, RuntimeError):
         return None
-    if len(values) != n * features or not np.abs(values).max() < EXACT_INTEGER_LIMIT:  # not <: NaN never parses
+    if len(values) != n * features or np.abs(values).max() >= EXACT_INTEGER_LIMIT:
         return None
     fields["inputs"] = values.reshape(n, features)
     return fields

@@ -11,6 +11,14 @@ import pytest
 
 from tests.helpers import ServerProcess, start_server
 
+
+def vaeserve(*args: str) -> None:
+    """`vaeserve train|evaluate|export ...` in this process; it must succeed."""
+    from training.cli import main
+
+    assert main(list(args)) == 0, f"vaeserve {' '.join(args)} failed"
+
+
 TINY_TRAIN_ARGS = ["--hidden", "128", "--latent-dim", "8", "--epochs", "1", "--max-steps", "150",
                    "--batch-size", "128", "--seed", "0"]
 
@@ -18,32 +26,26 @@ TINY_TRAIN_ARGS = ["--hidden", "128", "--latent-dim", "8", "--epochs", "1", "--m
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A run folder with best.pt of a tiny model trained a few steps on Fashion-MNIST."""
-    from training.cli import main
-
     out = tmp_path_factory.mktemp("run")
-    assert main(["train", "--out", str(out), *TINY_TRAIN_ARGS]) == 0
+    vaeserve("train", "--out", str(out), *TINY_TRAIN_ARGS)
     return out
 
 
 @pytest.fixture(scope="session")
 def artifacts_dir(tiny_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The tiny model exported with its manifest (ONNX + TorchScript, parity-checked)."""
-    from training.cli import main
-
     out = tmp_path_factory.mktemp("artifacts")
-    assert main(["export", "--checkpoint", str(tiny_run / "best.pt"), "--out", str(out),
-                 "--name", "tiny-vae", "--version", "1"]) == 0
+    vaeserve("export", "--checkpoint", str(tiny_run / "best.pt"), "--out", str(out),
+             "--name", "tiny-vae", "--version", "1")
     return out
 
 
 @pytest.fixture(scope="session")
 def int8_artifacts(tiny_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The tiny model exported with its int8 graphs too (`export --quantize int8`)."""
-    from training.cli import main
-
     out = tmp_path_factory.mktemp("int8-artifacts") / "export"
-    assert main(["export", "--checkpoint", str(tiny_run / "best.pt"), "--out", str(out), "--name", "tiny-vae",
-                 "--version", "1", "--quantize", "int8"]) == 0
+    vaeserve("export", "--checkpoint", str(tiny_run / "best.pt"), "--out", str(out), "--name", "tiny-vae",
+             "--version", "1", "--quantize", "int8")
     return out
 
 
@@ -57,26 +59,21 @@ ONE_CLASS_TRAIN_ARGS = ["--normal-classes", str(ONE_CLASS), "--val-fraction", "0
 @pytest.fixture(scope="session")
 def one_class_artifacts(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny model trained on one Fashion-MNIST class only, exported (name one-class-vae, version 1)."""
-    from training.cli import main
-
     run, out = tmp_path_factory.mktemp("one-class-run"), tmp_path_factory.mktemp("one-class-artifacts")
-    assert main(["train", "--out", str(run), *ONE_CLASS_TRAIN_ARGS]) == 0
-    assert main(["export", "--checkpoint", str(run / "best.pt"), "--out", str(out), "--name", "one-class-vae",
-                 "--version", "1"]) == 0
+    vaeserve("train", "--out", str(run), *ONE_CLASS_TRAIN_ARGS)
+    vaeserve("export", "--checkpoint", str(run / "best.pt"), "--out", str(out), "--name", "one-class-vae",
+             "--version", "1")
     return out
 
 
 # A tiny VampPrior model (issue 17): 20 pseudo-inputs, trained ~5 s like the tiny model.
-VAMPPRIOR_TRAIN_ARGS = ["--hidden", "128", "--latent-dim", "8", "--epochs", "1", "--max-steps", "100",
-                        "--batch-size", "128", "--seed", "0", "--prior", "vampprior", "--pseudo-inputs", "20"]
+VAMPPRIOR_TRAIN_ARGS = [*TINY_TRAIN_ARGS, "--max-steps", "100", "--prior", "vampprior", "--pseudo-inputs", "20"]
 
 
 @pytest.fixture(scope="session")
 def vampprior_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from training.cli import main
-
     out = tmp_path_factory.mktemp("vampprior-run")
-    assert main(["train", "--out", str(out), *VAMPPRIOR_TRAIN_ARGS]) == 0
+    vaeserve("train", "--out", str(out), *VAMPPRIOR_TRAIN_ARGS)
     return out
 
 
@@ -84,13 +81,11 @@ def vampprior_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def vampprior_artifacts(vampprior_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The tiny VampPrior model evaluated (K=4 on 200 test images) and exported (name vamp-vae, version 1),
     its sampler graph included."""
-    from training.cli import main
-
     out = tmp_path_factory.mktemp("vampprior-artifacts")
-    assert main(["evaluate", "--checkpoint", str(vampprior_run / "best.pt"), "--iwae-k", "4",
-                 "--iwae-examples", "200"]) == 0
-    assert main(["export", "--checkpoint", str(vampprior_run / "best.pt"), "--out", str(out),
-                 "--name", "vamp-vae", "--version", "1"]) == 0
+    vaeserve("evaluate", "--checkpoint", str(vampprior_run / "best.pt"), "--iwae-k", "4",
+             "--iwae-examples", "200")
+    vaeserve("export", "--checkpoint", str(vampprior_run / "best.pt"), "--out", str(out),
+             "--name", "vamp-vae", "--version", "1")
     return out
 
 

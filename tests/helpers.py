@@ -80,3 +80,12 @@ def wait_for_http(url: str, process: subprocess.Popen[bytes], *, what: str, log_
 
 def wait_until_ready(server: ServerProcess, *, timeout_s: float = 90, path: str = "/readyz") -> None:
     wait_for_http(server.url + path, server.process, what="server", log_path=server.log_path, timeout_s=timeout_s)
+
+
+def small_fashion_mnist(*, train_items: int, val_items: int):  # type: ignore[no-untyped-def]
+    """The real Fashion-MNIST splits cut to their first items, for training tests that run in seconds."""
+    from training.data import load_fashion_mnist
+
+    data = load_fashion_mnist()
+    data.train_x, data.val_x = data.train_x[:train_items], data.val_x[:val_items]
+    return data

@@ -11,17 +11,15 @@ import torch
 from model.config import VAEConfig
 from model.losses import iwae_bound
 from model.vae import VAE
+from tests.helpers import small_fashion_mnist
 from training.config import TrainConfig
-from training.data import load_fashion_mnist
 from training.evaluate import score_examples
 from training.loop import _iwae_loss, train
 
 
 @pytest.fixture(scope="module")
 def small_data():  # type: ignore[no-untyped-def]
-    data = load_fashion_mnist()
-    data.train_x, data.val_x = data.train_x[:2000], data.val_x[:300]
-    return data
+    return small_fashion_mnist(train_items=2000, val_items=300)
 
 
 def test_a_vampprior_run_learns_its_pseudo_inputs_and_lowers_the_loss(small_data, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]

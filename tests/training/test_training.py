@@ -11,19 +11,17 @@ import torch
 
 from model.config import VAEConfig
 from model.vae import VAE
+from tests.helpers import small_fashion_mnist
 from training.averaging import WeightAverage
 from training.checkpoint import load_checkpoint, save_checkpoint
 from training.config import TrainConfig
-from training.data import load_fashion_mnist
 from training.evaluate import auroc, collapsed_dimensions, latent_statistics, score_examples
 from training.loop import train
 
 
 @pytest.fixture(scope="module")
 def small_data():  # type: ignore[no-untyped-def]
-    data = load_fashion_mnist()
-    data.train_x, data.val_x = data.train_x[:4000], data.val_x[:500]
-    return data
+    return small_fashion_mnist(train_items=4000, val_items=500)
 
 
 def test_a_short_real_training_run_lowers_the_validation_loss(small_data, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
