@@ -25,14 +25,18 @@ def train_and_export(run_dir: Path, train_args: list[str], *, repository: Path |
     next version when one is given); returns the artifacts folder."""
     assert vaeserve(["train", "--out", str(run_dir), *train_args]) == 0
     if repository is None:
-        artifacts = run_dir / "artifacts"
-        assert vaeserve(["export", "--checkpoint", str(run_dir / "best.pt"), "--out", str(artifacts),
-                         "--version", "bench", *export_args]) == 0
-        return artifacts
+        return export(run_dir / "best.pt", run_dir / "artifacts", export_args)
     version = next_version(repository, name)
     assert vaeserve(["export", "--checkpoint", str(run_dir / "best.pt"), "--repository", str(repository),
                      "--name", name, "--version", version, *export_args]) == 0
     return version_dir(repository, name, version)
+
+
+def export(checkpoint: Path, artifacts: Path, export_args: tuple[str, ...] = ()) -> Path:
+    """`vaeserve export` of one checkpoint into artifacts (version "bench"); returns artifacts."""
+    assert vaeserve(["export", "--checkpoint", str(checkpoint), "--out", str(artifacts), "--version", "bench",
+                     *export_args]) == 0
+    return artifacts
 
 
 def onnx_scores(artifacts: Path, x: np.ndarray, *, mc_samples: int = 16, seed: int = 0,

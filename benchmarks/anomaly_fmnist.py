@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.anomaly_common import one_thread, onnx_scores, train_and_export  # noqa: E402
+from benchmarks.anomaly_common import export, one_thread, onnx_scores, train_and_export  # noqa: E402
 from model.heads import SCORE_VARIANTS  # noqa: E402
 from training.data import FASHION_MNIST_CLASSES, load_fashion_mnist  # noqa: E402
 from training.evaluate import auroc  # noqa: E402
@@ -37,23 +37,37 @@ PUBLISHED = {  # mean AUROC (%) under the same protocol; GEOM per class from Gol
 }
 
 
-def one_class(c: int, train_args: list[str], repository: Path | None,
-              quantize: str | None = None) -> tuple[int, dict[str, float], float]:
-    """Train on class c, score the whole test set with the exported scorer: AUROC per variant (%),
-    and with quantize, also by the int8 scorer ("int8 <variant>" keys).
-    With a repository, the model is also kept there as `class-<c>` (its next version)."""
+def one_class(c: int, seed: int, train_args: list[str], repository: Path | None, quantize: str | None = None,
+              keep: Path | None = None, from_kept: Path | None = None) -> tuple[int, int, dict[str, float], float]:
+    """Train on class c with this seed, score the whole test set with the exported scorer: AUROC per
+    variant (%), and with quantize, also by the int8 scorer ("int8 <variant>" keys).
+    With a repository, the model is also kept there as `class-<c>` (its next version); with keep, its
+    run folder (best.pt) as keep/seed-<seed>/class-<c>; with from_kept, that checkpoint is exported
+    and scored again instead of training (a changed score, the same models)."""
     start = time.perf_counter()
     test = load_fashion_mnist()
     anomalous = np.asarray(test.test_y != c)
     row = {}
     with tempfile.TemporaryDirectory() as tmp:
-        artifacts = train_and_export(Path(tmp), ["--normal-classes", str(c), *train_args], repository=repository,
-                                     name=f"class-{c}", export_args=("--quantize", quantize) if quantize else ())
+        run_dir = (keep / f"seed-{seed}" / f"class-{c}") if keep else Path(tmp)
+        export_args = ("--quantize", quantize) if quantize else ()
+        if from_kept:
+            artifacts = export(from_kept / f"seed-{seed}" / f"class-{c}" / "best.pt", Path(tmp) / "artifacts",
+                               export_args)
+        else:
+            artifacts = train_and_export(run_dir, ["--normal-classes", str(c), "--seed", str(seed), *train_args],
+                                         repository=repository, name=f"class-{c}", export_args=export_args)
         for precision in ("float32", *([quantize] if quantize else [])):
             scores = onnx_scores(artifacts, test.test_x, precision=precision)
             prefix = "" if precision == "float32" else f"{precision} "
             row.update({prefix + v: 100 * auroc(scores[v], anomalous) for v in SCORE_VARIANTS})
-    return c, row, time.perf_counter() - start
+    return c, seed, row, time.perf_counter() - start
+
+
+def print_table(title: str, classes: list[int], table: dict[str, list[str]], means: dict[str, str]) -> None:
+    print(f"\n{title}\nvariant           " + "".join(f"{c:>13}" for c in classes) + "           mean")
+    for v, cells in table.items():
+        print(f"{v:<18}" + "".join(f"{cell:>13}" for cell in cells) + f"  {means[v]:>13}")
 
 
 def main() -> None:
@@ -65,36 +79,52 @@ def main() -> None:
     parser.add_argument("--architecture", choices=["mlp", "conv"], default="mlp")
     parser.add_argument("--ema-decay", default=None, help="passed to `vaeserve train` (default: its default)")
     parser.add_argument("--jobs", type=int, default=1, help="classes run at once, one CPU thread each")
-    parser.add_argument("--seed", type=int, default=0, help="training seed (initialization, shuffling, noise)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0],
+                        help="training seeds (initialization, shuffling, noise): each class is trained once per "
+                             "seed, and with more than one the table gives mean +- sd over seeds")
     parser.add_argument("--quantize", choices=["int8"], default=None,
                         help="export int8 graphs too (refused, failing the run, beyond 0.5 nats p99) and score "
                              "each class with them as well")
     parser.add_argument("--repository", type=Path, default=None,
                         help="also keep the ten models in this model repository (class-<c>/<version>/), "
                              "which `vaeserve serve` serves with VAESERVE_MODEL_REPOSITORY")
+    parser.add_argument("--keep", type=Path, default=None,
+                        help="keep the run folders (best.pt) as KEEP/seed-<s>/class-<c>")
+    parser.add_argument("--from-kept", type=Path, default=None,
+                        help="no training: export and score the checkpoints a --keep run left there")
     args = parser.parse_args()
     train_args = ["--likelihood", "gaussian", "--epochs", str(args.epochs), "--latent-dim", str(args.latent_dim),
                   "--hidden", *args.hidden.split(), "--architecture", args.architecture, "--precision", "bf16",
-                  "--batch-size", "128", "--seed", str(args.seed),
+                  "--batch-size", "128",
                   *(["--ema-decay", args.ema_decay] if args.ema_decay is not None else [])]
-    rows: dict[int, dict[str, float]] = {}
+    rows: dict[tuple[int, int], dict[str, float]] = {}
+    jobs = [(c, seed) for seed in args.seeds for c in args.classes]
     with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn"),
                              initializer=one_thread if args.jobs > 1 else None) as pool:
-        jobs = len(args.classes)
-        for c, row, seconds in pool.map(one_class, args.classes, [train_args] * jobs, [args.repository] * jobs,
-                                        [args.quantize] * jobs):
-            rows[c] = row
-            print(f"class {c} ({FASHION_MNIST_CLASSES[c]}): " + "  ".join(f"{v} {row[v]:.1f}" for v in SCORE_VARIANTS)
-                  + f"  ({seconds:.0f}s)", flush=True)
+        n = len(jobs)
+        for c, seed, row, seconds in pool.map(one_class, [c for c, _ in jobs], [s for _, s in jobs], [train_args] * n,
+                                              [args.repository] * n, [args.quantize] * n, [args.keep] * n,
+                                              [args.from_kept] * n):
+            rows[c, seed] = row
+            print(f"seed {seed} class {c} ({FASHION_MNIST_CLASSES[c]}): "
+                  + "  ".join(f"{v} {row[v]:.1f}" for v in SCORE_VARIANTS) + f"  ({seconds:.0f}s)", flush=True)
     variants = [p + v for p in ("", *([f"{args.quantize} "] if args.quantize else [])) for v in SCORE_VARIANTS]
-    table = {v: [rows[c][v] for c in args.classes] for v in variants}
-    header = "variant           " + "".join(f"{c:>6}" for c in args.classes) + "    mean"
-    print("\nAUROC (%), one class normal, the other nine anomalous, 10,000 test images\n" + header)
-    for v in variants:
-        print(f"{v:<18}" + "".join(f"{a:6.1f}" for a in table[v]) + f"  {np.mean(table[v]):6.2f}")
+    title = "AUROC (%), one class normal, the other nine anomalous, 10,000 test images"
+    # auroc[v][seed index, class index]; the overall figure per seed is the mean over classes.
+    auroc_table = {v: np.array([[rows[c, s][v] for c in args.classes] for s in args.seeds]) for v in variants}
+    if len(args.seeds) == 1:
+        print_table(title, args.classes, {v: [f"{a:.1f}" for a in auroc_table[v][0]] for v in variants},
+                    {v: f"{auroc_table[v].mean():.2f}" for v in variants})
+    else:
+        print_table(f"{title}; mean +- sd over training seeds {args.seeds}", args.classes,
+                    {v: [f"{m:.1f} +- {d:.1f}" for m, d in zip(a.mean(0), a.std(0, ddof=1))]
+                     for v, a in auroc_table.items()},
+                    {v: f"{a.mean(1).mean():.2f} +- {a.mean(1).std(ddof=1):.2f}" for v, a in auroc_table.items()})
+        for v, a in auroc_table.items():
+            print(f"{v}: per seed " + ", ".join(f"{m:.2f}" for m in a.mean(1)))
     for name, (mean, per_class) in PUBLISHED.items():
-        cells = "".join(f"{per_class[c]:6.1f}" for c in args.classes) if per_class else " " * 6 * len(args.classes)
-        print(f"{name:<18}" + cells + f"  {mean:6.1f}  (published)")
+        cells = "".join(f"{per_class[c]:>13.1f}" for c in args.classes) if per_class else " " * 13 * len(args.classes)
+        print(f"{name:<18}" + cells + f"  {mean:>13.1f}  (published)")
 
 
 if __name__ == "__main__":
