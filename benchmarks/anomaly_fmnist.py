@@ -80,10 +80,10 @@ def main() -> None:
     parser.add_argument("--latent-dim", type=int, default=16)
     parser.add_argument("--hidden", default="512 256")
     parser.add_argument("--architecture", choices=["mlp", "conv"], default="mlp")
-    parser.add_argument("--ema-decay", default=None, help="passed to `vaeserve train` (default: its default)")
-    parser.add_argument("--prior", choices=["standard", "vampprior"], default="standard",
-                        help="passed to `vaeserve train`: p(z), with --pseudo-inputs for a VampPrior")
-    parser.add_argument("--pseudo-inputs", type=int, default=500)
+    # Passed to `vaeserve train` only when given, so its defaults stay the defaults here.
+    parser.add_argument("--ema-decay", default=None, help="passed to `vaeserve train`")
+    parser.add_argument("--prior", choices=["standard", "vampprior"], default=None, help="passed to `vaeserve train`")
+    parser.add_argument("--pseudo-inputs", default=None, help="passed to `vaeserve train` (with --prior vampprior)")
     parser.add_argument("--jobs", type=int, default=1, help="classes run at once, one CPU thread each")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0],
                         help="training seeds (initialization, shuffling, noise): each class is trained once per "
@@ -101,8 +101,10 @@ def main() -> None:
     args = parser.parse_args()
     train_args = ["--likelihood", "gaussian", "--epochs", str(args.epochs), "--latent-dim", str(args.latent_dim),
                   "--hidden", *args.hidden.split(), "--architecture", args.architecture, "--precision", "bf16",
-                  "--batch-size", "128", "--prior", args.prior, "--pseudo-inputs", str(args.pseudo_inputs),
-                  *(["--ema-decay", args.ema_decay] if args.ema_decay is not None else [])]
+                  "--batch-size", "128",
+                  *(part for flag, value in (("--ema-decay", args.ema_decay), ("--prior", args.prior),
+                                             ("--pseudo-inputs", args.pseudo_inputs)) if value is not None
+                    for part in (flag, value))]
     rows: dict[tuple[int, int], dict[str, float]] = {}
     jobs = [(c, seed) for seed in args.seeds for c in args.classes]
     with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn"),

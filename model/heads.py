@@ -188,7 +188,7 @@ GRAPH_IO: dict[str, tuple[list[str], list[str]]] = {
 }
 # The variants offered and calibrated. latent_score and knn_score alone are outputs (for v2 users)
 # but not variants: on the one-class benchmark the latent distance was worse than elbo (mean AUROC
-# 87.0 vs 89.8, MLP). With a conv VAE (3 seeds): elbo 91.31, elbo_latent 92.64, elbo_knn 94.03; elbo_latent
+# 87.0 vs 89.8, MLP); the conv VAE's figures per variant are in docs/performance.md. elbo_latent
 # stays for small tabular sets, where 5 neighbours among a few dozen training rows are coarse.
 SCORE_VARIANTS = ("elbo", "iwae", "elbo_latent", "elbo_knn")
 
