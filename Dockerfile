@@ -82,7 +82,7 @@ ENV VAESERVE_HOST=0.0.0.0 VAESERVE_PORT=8000 VAESERVE_ARTIFACTS_DIR=/artifacts H
 USER 10001
 EXPOSE 8000
 VOLUME ["/artifacts"]
-HEALTHCHECK --interval=10s --timeout=3s --start-period=60s --retries=3 CMD ["python", "-m", "service.healthcheck"]
+HEALTHCHECK --interval=10s --timeout=3s --start-period=60s --retries=3 CMD ["python", "-m", "service.server.healthcheck"]
 # Exec form: the server is PID 1 and gets SIGTERM itself (graceful shutdown, exit status 143: `docker
 # inspect` shows it after `docker stop`; tests/containers/test_stack.py reads this line).
 ENTRYPOINT ["vaeserve", "serve"]

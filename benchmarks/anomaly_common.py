@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 
 from model.repository import next_version, version_dir
-from training.cli import main as vaeserve
 from training.export import onnx_variant_scores
+from vaeserve.cli import main as vaeserve
 
 
 def one_thread() -> None:

@@ -30,7 +30,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.anomaly_common import export, one_thread, onnx_scores, train_and_export  # noqa: E402
-from model.heads import SCORE_VARIANTS  # noqa: E402
+from model.contract import SCORE_VARIANTS  # noqa: E402
 from training.data import FASHION_MNIST_CLASSES, load_fashion_mnist  # noqa: E402
 from training.evaluate import auroc  # noqa: E402
 

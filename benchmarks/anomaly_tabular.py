@@ -27,7 +27,7 @@ from sklearn.datasets import load_breast_cancer, load_wine
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.anomaly_common import one_thread, onnx_scores, train_and_export  # noqa: E402
-from model.heads import SCORE_VARIANTS  # noqa: E402
+from model.contract import SCORE_VARIANTS  # noqa: E402
 from training.evaluate import auroc  # noqa: E402
 
 TRAIN_ARGS = ["--val-fraction", "0.2", "--hidden", "64", "32", "--latent-dim", "4", "--epochs", "300",

@@ -19,7 +19,7 @@ import json
 import time
 from pathlib import Path
 
-from training.cli import main as vaeserve
+from vaeserve.cli import main as vaeserve
 
 # Norouzi et al. 2020, "Exemplar VAEs for Exemplar based Generation and Data Augmentation", Table 1:
 # test NLL in nats on dynamically binarized Fashion-MNIST, MLP encoders and decoders, K = 5000.

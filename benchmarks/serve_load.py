@@ -57,7 +57,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 from benchmarks.proc_cpu import machine_busy_s, tree_cpu_s  # noqa: E402
-from tests.helpers import free_port  # noqa: E402
+from harness.servers import free_port  # noqa: E402
 
 LUA = """wrk.method = "POST"
 wrk.headers["Content-Type"] = "{content_type}"

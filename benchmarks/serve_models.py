@@ -25,8 +25,8 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 from benchmarks.serve_load import start, wrk  # noqa: E402
-from tests.helpers import free_port  # noqa: E402
-from tests.repository import build_repository  # noqa: E402
+from harness.repository import build_repository  # noqa: E402
+from harness.servers import free_port  # noqa: E402
 
 DEFAULT_ARCHITECTURE = ["--hidden", "512", "512", "--latent-dim", "32", "--epochs", "1", "--max-steps", "20",
                         "--batch-size", "128", "--seed", "0"]

@@ -61,17 +61,28 @@ def load_manifest(directory: Path, *, verify_files: bool = True) -> dict[str, An
     except (TypeError, ValueError) as exc:
         raise ArtifactError(f"{path}: invalid model config: {exc}") from exc
     if verify_files:
-        for name, meta in manifest["files"].items():
-            verify_file(Path(directory) / name, meta["sha256"])
+        for name in manifest["files"]:
+            verified_file(directory, name, manifest)
     return manifest
 
 
-def verify_file(path: Path, expected_sha256: str) -> None:
-    """Raise ArtifactError unless the file exists and its sha256 matches."""
+def verified_bytes(path: Path, expected_sha256: str) -> bytes:
+    """The file's bytes, once its sha256 matches the manifest's: load from these same bytes, so what
+    runs is exactly what was verified. ArtifactError, naming the file, when it is missing or differs."""
     if not path.is_file():
         raise ArtifactError(f"artifact file {path.name} is missing from {path.parent}")
-    actual = sha256_file(path)
+    data = path.read_bytes()
+    actual = hashlib.sha256(data).hexdigest()
     if actual != expected_sha256:
         raise ArtifactError(
             f"artifact file {path.name} is corrupted: sha256 {actual[:12]}… != manifest {expected_sha256[:12]}…"
         )
+    return data
+
+
+def verified_file(directory: Path, file_name: str, manifest: dict[str, Any]) -> bytes:
+    """A file the manifest lists, verified (verified_bytes); ArtifactError if it is not listed."""
+    meta = manifest["files"].get(file_name)
+    if meta is None:
+        raise ArtifactError(f"{file_name} is not listed in the manifest's files")
+    return verified_bytes(Path(directory) / file_name, meta["sha256"])

@@ -10,6 +10,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from model.contract import DEFAULT_MC_SAMPLES, DEFAULT_SCORE_VARIANT, SCORE_VARIANTS
+
 DEFAULT_URL = "http://127.0.0.1:8000"
 
 
@@ -43,8 +45,8 @@ def add_commands(sub: Any) -> None:
     where = score.add_mutually_exclusive_group(required=True)
     where.add_argument("--url", help=f"a running service, e.g. {DEFAULT_URL}")
     where.add_argument("--artifacts", type=Path, help="offline: an exported artifacts folder (ONNX Runtime)")
-    score.add_argument("--score", default="elbo", choices=["elbo", "iwae", "elbo_latent", "elbo_knn"], help="variant")
-    score.add_argument("--mc-samples", type=int, default=16, help="Monte Carlo samples K per item")
+    score.add_argument("--score", default=DEFAULT_SCORE_VARIANT, choices=list(SCORE_VARIANTS), help="variant")
+    score.add_argument("--mc-samples", type=int, default=DEFAULT_MC_SAMPLES, help="Monte Carlo samples K per item")
     score.add_argument("--seed", type=int, default=0, help="seed of the first chunk's noise")
     rate = score.add_mutually_exclusive_group()
     rate.add_argument("--target-fpr", type=float, default=None, help="flag this share of normal data")
@@ -64,14 +66,14 @@ def add_commands(sub: Any) -> None:
 def known_errors() -> tuple[type[Exception], ...]:
     """Failures `vaeserve` reports as one line (exit 2) instead of a traceback."""
     try:
-        from service.client_types import VAEClientError
+        from service.client.types import VAEClientError
     except ImportError:  # a training-only install without httpx
         return ()
     return (VAEClientError,)
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from service.__main__ import serve
+    from service.server.main import serve
 
     overrides = {k: v for k, v in {"artifacts_dir": args.artifacts, "model_repository": args.repository,
                                    "host": args.host, "port": args.port,
@@ -83,8 +85,8 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _score(args: argparse.Namespace) -> int:
-    from service.bulk import OfflineScorer, ScoreOptions, score_offline, summary, write_csv
-    from service.bulk_input import read_items
+    from service.client.bulk import OfflineScorer, ScoreOptions, score_offline, summary, write_csv
+    from service.client.files import read_items
 
     if not args.input.exists():
         raise FileNotFoundError(f"{args.input}: no such file or folder")
@@ -105,14 +107,15 @@ def _score(args: argparse.Namespace) -> int:
 
 
 async def _score_online(args: argparse.Namespace, options: Any) -> tuple[Any, Any, float]:
-    from service.bulk import score_online
-    from service.bulk_input import read_items, spec_from_manifest
     from service.client import AsyncVAEClient
+    from service.client.bulk import score_online
+    from service.client.files import read_items
+    from service.core.inputs import InputSpec
 
     async with AsyncVAEClient(args.url, api_key=args.api_key, timeout_s=args.timeout_s, max_retries=args.max_retries,
                               max_connections=max(1, args.concurrency)) as client:
         card = await client.model_card(model=args.model, version=args.version)
-        items = read_items(args.input, spec=spec_from_manifest(card))
+        items = read_items(args.input, spec=InputSpec.from_manifest(card))
         start = time.perf_counter()
         scores = await score_online(items, client, options, concurrency=args.concurrency, model=args.model,
                                     version=args.version)

@@ -71,7 +71,7 @@ class Settings(BaseSettings):
                            "request id, route, model, status, items, queue/compute/total seconds; no input data")
     tracing: bool | None = Field(None, description="OpenTelemetry spans over OTLP (the `tracing` extra); unset: on "
                                                    "when OTEL_EXPORTER_OTLP_ENDPOINT is set")
-    key_quotas: dict[str, Any] | None = Field(None, description="per-key quotas, JSON (service/quotas.py: "
+    key_quotas: dict[str, Any] | None = Field(None, description="per-key quotas, JSON (service/http/quotas.py: "
                                               "requests_per_s, item_samples_per_s, burst_s; `default` for unlisted keys)")
     key_quotas_file: Path | None = Field(None, description="the same as a JSON file, re-read on SIGHUP")
     drift_window_items: int = Field(1000, ge=0, description="drift window: the last N items per model version "

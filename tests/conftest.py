@@ -9,18 +9,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.helpers import ServerProcess, start_server
+from harness.servers import ServerProcess, start_server
 
 
 def vaeserve(*args: str) -> None:
     """`vaeserve train|evaluate|export ...` in this process; it must succeed."""
-    from training.cli import main
+    from vaeserve.cli import main
 
     assert main(list(args)) == 0, f"vaeserve {' '.join(args)} failed"
 
 
+# fp32, not the CLI's default auto: the shared models must not depend on a timing of the machine.
 TINY_TRAIN_ARGS = ["--hidden", "128", "--latent-dim", "8", "--epochs", "1", "--max-steps", "150",
-                   "--batch-size", "128", "--seed", "0"]
+                   "--batch-size", "128", "--seed", "0", "--precision", "fp32"]
 
 
 @pytest.fixture(scope="session")
@@ -53,7 +54,8 @@ def int8_artifacts(tiny_run: Path, tmp_path_factory: pytest.TempPathFactory) -> 
 # and the drift reference. Trained ~5 s, like the tiny model.
 ONE_CLASS = 1
 ONE_CLASS_TRAIN_ARGS = ["--normal-classes", str(ONE_CLASS), "--val-fraction", "0.3", "--hidden", "128",
-                        "--latent-dim", "8", "--epochs", "5", "--max-steps", "150", "--batch-size", "128", "--seed", "0"]
+                        "--latent-dim", "8", "--epochs", "5", "--max-steps", "150", "--batch-size", "128", "--seed", "0",
+                        "--precision", "fp32"]
 
 
 @pytest.fixture(scope="session")

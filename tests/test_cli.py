@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.helpers import REPO
+from harness.servers import REPO
 
 # What each image lacks, made unimportable (a module set to None in sys.modules cannot be imported).
 WITHOUT_WEB = ["fastapi", "starlette", "uvicorn", "httpx", "pydantic_settings", "prometheus_client"]

@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.helpers import REPO, ServerProcess
+from harness.servers import REPO, ServerProcess
 from vaeserve.cli import build_parser
 
 README = REPO / "README.md"

@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 from playwright.sync_api import Browser, Page, sync_playwright
 
-from tests.helpers import REPO, ServerProcess
+from harness.servers import REPO, ServerProcess
 
 CHROMIUM = "/usr/bin/chromium"  # Debian's package (Makefile TEST_DEBS); never a downloaded browser
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -222,7 +222,7 @@ def test_narrow_screen_has_no_horizontal_overflow(narrow_page: Page) -> None:
 
 def test_a_keyed_service_says_so_plainly_and_works_once_the_key_is_entered(browser: Browser, artifacts_dir: Path,
                                                                           tmp_path: Path) -> None:
-    from tests.helpers import start_server
+    from harness.servers import start_server
 
     keyed = start_server(artifacts_dir, tmp_path, api_keys='["page-key"]')
     try:
@@ -245,7 +245,7 @@ def test_the_model_picker_lists_the_repository_and_routes_the_page_to_the_chosen
         browser: Browser, artifacts_dir: Path, tmp_path: Path) -> None:
     import shutil
 
-    from tests.helpers import start_server
+    from harness.servers import start_server
 
     root = tmp_path / "repo"
     for name in ("first", "second"):

@@ -10,6 +10,8 @@ from typing import Any
 
 import numpy as np
 
+from model.contract import csv_header_rows
+
 FASHION_MNIST_DIR = Path(os.environ.get("VAESERVE_FASHION_MNIST_DIR", "/usr/share/datasets/fashion-mnist"))
 FASHION_MNIST_CLASSES = (
     "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
@@ -157,12 +159,7 @@ def load_feature_matrix(path: Path) -> np.ndarray:
         matrix = np.load(path, allow_pickle=False)
     elif path.suffix == ".csv":
         with path.open() as handle:
-            first = handle.readline()
-        try:
-            [float(v) for v in first.strip().split(",")]
-            skip = 0
-        except ValueError:
-            skip = 1
+            skip = csv_header_rows(handle.readline())
         matrix = np.loadtxt(path, delimiter=",", skiprows=skip, ndmin=2)
     else:
         raise DatasetError(f"{path}: feature files must be .npy or .csv")

@@ -16,19 +16,21 @@ import onnx
 import onnxruntime as ort
 import torch
 
-from model.heads import GRAPH_IO, NEIGHBORS, SCORE_VARIANTS, NormalReference, build_graphs
+from model.contract import DEFAULT_MC_SAMPLES, GRAPH_IO, SCORE_VARIANTS
+from model.graphs import NEIGHBORS, NormalReference, build_graphs
 from model.losses import knn_distance, mahalanobis_sq
 from model.manifest import write_manifest
 from model.vae import VAE
 from training.checkpoint import standardization_tensors
 from training.evaluate import latent_statistics, score_examples
 from training.onnx_rewrites import cheaper_softplus
+from training.precision import precision_record
 
 log = logging.getLogger("vaeserve.export")
 
 PARITY_BATCH_SIZES = (1, 7, 256)
 PARITY_TOLERANCE = 1e-4
-CALIBRATION_MC_SAMPLES = 16  # the service's default mc_samples: calibration must match it
+CALIBRATION_MC_SAMPLES = DEFAULT_MC_SAMPLES  # calibration must match what requests send by default
 # The neighbour score's bank: at most this many normal training items (8192 keeps a one-class
 # Fashion-MNIST bank whole), in this many principal components of the encoder features. The whole
 # bank is read for every batch: 8192 x 512 float32 (16.8 MB) took a single-item request's p50 from
@@ -44,7 +46,7 @@ DEFAULT_THRESHOLD_QUANTILE = 0.99
 # floats, ~0.4 MB of JSON. Beyond CALIBRATION_SCORES_KEPT a random subset is kept, which keeps the
 # guarantee (with n = that many) and bounds the manifest for large tabular validation splits.
 CALIBRATION_SCORES_KEPT = 20_000
-# The drift reference (service/drift.py): latent means in 0.5% quantiles per unit (KS against them
+# The drift reference (service/core/drift.py): latent means in 0.5% quantiles per unit (KS against them
 # is off by at most 0.005, a tenth of what a 1,000-item window can detect), score deciles for PSI.
 LATENT_QUANTILE_LEVELS = [round(q, 4) for q in np.linspace(0.0, 1.0, 201)]
 ACTIVE_UNIT_VARIANCE = 0.01  # Cov_x(E_q[z_j]) above this: an active unit (Burda et al. 2015), as in evaluate
@@ -109,8 +111,8 @@ def export_onnx(module: torch.nn.Module, args: tuple[torch.Tensor, ...], path: P
     if "eps" in inputs:
         dynamic["eps"] = {0: batch, 1: torch.export.Dim("k", min=1, max=1 << 16)}
     with _quiet_export():
-        program = torch.onnx.export(module, args, dynamic_shapes=dynamic, input_names=inputs,
-                                    output_names=outputs, dynamo=True, optimize=True, verbose=False)
+        program = torch.onnx.export(module, args, dynamic_shapes=dynamic, input_names=list(inputs),
+                                    output_names=list(outputs), dynamo=True, optimize=True, verbose=False)
     assert program is not None, "torch.onnx.export returned no program"
     program.save(str(path))
     # ONNX Runtime's Softplus kernel is scalar: 34% of the float scorer's time at K=16; the exact
@@ -167,7 +169,7 @@ def _as_tuple(out: Any) -> tuple[torch.Tensor, ...]:
 
 
 def normal_reference(model: VAE, train_x: np.ndarray, val_x: np.ndarray, *, seed: int = 0) -> dict[str, torch.Tensor]:
-    """What the scorer compares inputs with (model.heads.NormalReference), from normal data:
+    """What the scorer compares inputs with (model.graphs.NormalReference), from normal data:
     latent means (mean, ridge-regularized precision), a bank of encoder features of at most
     NEIGHBOR_BANK_SIZE training items, and the location and scale of the -ELBO, latent and
     neighbour scores on held-out normal data."""
@@ -295,7 +297,7 @@ def export_model(model: VAE, payload: dict[str, Any], out_dir: Path, *, train_x:
         "prior": {"kind": config.prior, **({"pseudo_inputs": config.pseudo_inputs} if config.prior == "vampprior" else {})},
         "training": {"train_config": payload.get("train_config"), "dataset": payload.get("dataset"),
                      "data_spec": payload.get("data_spec"), "epoch": payload.get("epoch"),
-                     "val_neg_elbo": payload.get("val_neg_elbo")},
+                     "val_neg_elbo": payload.get("val_neg_elbo"), "precision": precision_record(payload)},
         "metrics": metrics or {},
         "latent": latent_statistics(model, _standardized(val_x, stats)),
         "calibration": calibration,

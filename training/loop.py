@@ -15,7 +15,7 @@ import logging
 import os
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, cast
 
@@ -29,9 +29,10 @@ from model.losses import free_bits_kl, iwae_bound
 from model.vae import VAE, MonteCarloTerms
 from training.averaging import WeightAverage
 from training.checkpoint import save_checkpoint
-from training.config import TrainConfig
+from training.config import Precision, TrainConfig
 from training.data import Dataset
 from training.evaluate import collapsed_dimensions, latent_statistics, score_examples
+from training.precision import PrecisionDecision, log_decision, rank_zeros_choice, resolve_precision
 
 log = logging.getLogger("vaeserve.train")
 
@@ -93,6 +94,10 @@ def train(
         train_x = (train_x - torch.from_numpy(data.mean).to(device)) / torch.from_numpy(data.std).to(device)
     if model.prior is not None:  # before DDP (which broadcasts rank 0's weights) and the average copy it
         model.prior.initialize(train_x, gen)
+    decision = _choose_precision(model, train_x, cfg, device, world=world)
+    if rank == 0:
+        log_decision(decision)
+    cfg = replace(cfg, precision=decision.precision)  # saved train_config: what the run used
     ddp: torch.nn.Module = model
     if world > 1:
         ddp = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
@@ -103,7 +108,7 @@ def train(
     evaluated = cast(VAE, average.module) if average is not None else model
     val_x = _standardized(data, data.val_x)
     binarize = cfg.binarize and model_config.likelihood == "bernoulli"
-    extra = _checkpoint_extra(cfg, data)
+    extra = _checkpoint_extra(cfg, data, decision)
     history: list[dict[str, Any]] = []
     best_val, step = float("inf"), 0
     best_record: dict[str, Any] | None = None
@@ -161,6 +166,25 @@ def train(
     if world > 1:
         dist.barrier()
     return TrainResult(model=evaluated.eval(), history=history, best_path=best_path, last_path=last_path)
+
+
+def _choose_precision(model: VAE, train_x: torch.Tensor, cfg: TrainConfig, device: torch.device, *,
+                      world: int) -> PrecisionDecision:
+    """training.precision's choice, its probe timing real training steps of this model on a real-size
+    batch; every rank then uses rank 0's choice (DDP needs one precision)."""
+    x = train_x[:cfg.batch_size]  # (B, F) real rows: binarizing them would not change the step's cost
+    noise = torch.Generator().manual_seed(0)  # its own: the run's generators are not advanced
+    eps = torch.randn(len(x), cfg.train_k, model.config.latent_dim, generator=noise).to(device)
+
+    def step(precision: Precision) -> None:
+        # The bare model, not DDP: no collectives, so ranks probe independently.
+        loss, _, _ = _loss(model, x, eps, replace(cfg, precision=precision), 0, global_batch=len(x), world=1,
+                           mixture_prior=model.prior is not None)
+        loss.backward()
+
+    decision = resolve_precision(cfg.precision, device=device, step=step)
+    model.zero_grad(set_to_none=True)  # the probe's gradients are not the first step's
+    return rank_zeros_choice(decision, device) if world > 1 else decision
 
 
 def _loss(model: torch.nn.Module, x: torch.Tensor, eps: torch.Tensor, cfg: TrainConfig, step: int, *,
@@ -257,10 +281,11 @@ def _collapse_summary(record: dict[str, Any], cfg: TrainConfig) -> None:
                 latent_dim - len(collapsed))
 
 
-def _checkpoint_extra(cfg: TrainConfig, data: Dataset) -> dict[str, Any]:
+def _checkpoint_extra(cfg: TrainConfig, data: Dataset, decision: PrecisionDecision) -> dict[str, Any]:
     """JSON-able metadata saved beside the weights."""
     extra: dict[str, Any] = {
         "train_config": cfg.to_dict(),
+        "precision": decision.to_dict(),  # requested, used, reason (and the probe's timings)
         "dataset": {"name": data.name, **_jsonable(data.info)},
         "data_spec": data.spec.to_dict() if data.spec else None,
     }

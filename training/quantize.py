@@ -28,6 +28,7 @@ import onnxruntime as ort
 from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
+from model.contract import DEFAULT_MC_SAMPLES
 from model.manifest import load_manifest, write_manifest
 
 log = logging.getLogger("vaeserve.quantize")
@@ -39,7 +40,7 @@ REPORTED_SCORES = ("reconstruction_nll", "kl", "elbo_score", "iwae_score", "elbo
                    "elbo_knn_score")
 CALIBRATION_ITEMS = 1024  # validation items whose activations set the ranges (x K=16 noise draws)
 PARITY_ITEMS = 2000  # held-out items the parity is measured on
-MC_SAMPLES = 16  # the service's default K
+MC_SAMPLES = DEFAULT_MC_SAMPLES  # the calibration and parity K: what requests send by default
 CHUNK = 256  # parity chunk c draws its noise from numpy default_rng(c), as a request with seed c would
 QUANTIZABLE_INPUTS = {"x", "eps", "z"}  # graphs fed anything else (a VampPrior sampler) stay float
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from harness.servers import REPO
 from tests.containers.engine import (
     DOCKER,
     FIGURES,
@@ -25,7 +26,6 @@ from tests.containers.engine import (
     local_torch_index,
 )
 from tests.containers.stack import RUN_ID, remove_this_runs_containers
-from tests.helpers import REPO
 
 REQUIRED = os.environ.get("VAESERVE_CONTAINER_TESTS") == "require"
 # A tiny model, and an evaluation and export to match: the train image's own script runs them.

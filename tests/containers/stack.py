@@ -15,9 +15,9 @@ import httpx
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
+from harness.servers import free_port
 from tests.containers.engine import LABEL, docker
 from tests.deploy.peers import NGINX_TEMPLATE, PROMETHEUS_CONFIG
-from tests.helpers import free_port
 
 RUN_ID = f"{os.getpid()}"
 _names = itertools.count(1)

@@ -18,10 +18,10 @@ import numpy as np
 import pytest
 import yaml
 
+from harness.servers import REPO
 from tests.containers.conftest import REQUIRED, TRAIN_ENV, TrainRun
 from tests.containers.engine import FIGURES, docker
 from tests.containers.stack import RUN_ID, answers, loopback_prometheus_config, served, wait_until
-from tests.helpers import REPO
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
 COMPOSE = REPO / "docker-compose.yml"

@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from service.runtime import load_runtime
+from service.core.runtime import load_runtime
 from tests.containers.conftest import TrainRun
 from tests.containers.engine import FIGURES, docker
 from tests.containers.stack import HARDENED, answers, start_replica, wait_health, wait_ready, wait_until

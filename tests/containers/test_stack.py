@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import yaml
 
+from harness.servers import REPO
 from tests.containers.conftest import TrainRun
 from tests.containers.engine import FIGURES, docker
 from tests.containers.stack import (
@@ -32,7 +33,6 @@ from tests.containers.stack import (
     wait_until,
 )
 from tests.deploy.peers import PROMETHEUS_CONFIG
-from tests.helpers import REPO
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
 

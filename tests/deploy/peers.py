@@ -19,7 +19,7 @@ import httpx
 import pytest
 import yaml
 
-from tests.helpers import REPO, ServerProcess, free_port, wait_for_http, wait_until_ready
+from harness.servers import REPO, ServerProcess, free_port, wait_for_http, wait_until_ready
 
 NGINX_TEMPLATE = REPO / "deploy/nginx/templates/default.conf.template"
 PROMETHEUS_CONFIG = REPO / "deploy/prometheus/prometheus.yml"

@@ -17,8 +17,8 @@ import httpx
 import numpy as np
 import pytest
 
+from harness.servers import REPO, ServerProcess
 from tests.deploy.peers import Nginx, Prometheus, start_nginx, start_prometheus, start_replicas
-from tests.helpers import REPO, ServerProcess
 
 pytestmark = pytest.mark.slow
 DASHBOARD = REPO / "deploy/grafana/dashboards/vaeserve.json"

@@ -19,10 +19,10 @@ import yaml
 from packaging.requirements import Requirement
 from prometheus_client.parser import text_string_to_metric_families
 
-from service import healthcheck
+from harness.servers import REPO, ServerProcess, free_port
+from service.server import healthcheck
 from service.settings import Settings
 from tests.deploy.peers import NGINX_TEMPLATE, PROMETHEUS_CONFIG, prometheus_config_for, render_template, require_binary
-from tests.helpers import REPO, ServerProcess, free_port
 
 DOCKERFILE = REPO / "Dockerfile"
 COMPOSE = REPO / "docker-compose.yml"
@@ -98,7 +98,7 @@ def test_images_are_what_operators_expect() -> None:
     assert "--index-url" in stages["train"] and "whl/cpu" in stages["train"]
     serve = stages["serve"]
     assert re.search(r"^USER 10001$", serve, re.MULTILINE), "serve must run as a non-root user"
-    assert "HEALTHCHECK" in serve and "service.healthcheck" in serve
+    assert "HEALTHCHECK" in serve and "service.server.healthcheck" in serve
     assert 'ENTRYPOINT ["vaeserve", "serve"]' in serve and "EXPOSE 8000" in serve and 'VOLUME ["/artifacts"]' in serve
     assert "VAESERVE_ARTIFACTS_DIR=/artifacts" in serve and "VAESERVE_HOST=0.0.0.0" in serve
     assert "torch" not in serve + stages["runtime-cpu"] + stages["runtime-gpu"]

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from service.runtime import load_runtime
-from tests.helpers import REPO
+from harness.servers import REPO
+from service.core.runtime import load_runtime
 
 pytestmark = pytest.mark.slow
 SCRIPT = REPO / "deploy/train-if-missing.sh"

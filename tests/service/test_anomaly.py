@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.helpers import ServerProcess
+from harness.servers import ServerProcess
 
 VARIANTS = ["elbo", "iwae", "elbo_latent", "elbo_knn"]
 
@@ -114,8 +114,8 @@ def test_each_variant_runs_on_the_smallest_graph_that_computes_it(server: Server
 
 def test_a_model_exported_without_scorer_core_scores_every_variant_on_scorer(
         server: ServerProcess, artifacts_dir: Path, tmp_path: Path, held_out_normal: np.ndarray) -> None:
-    from service.metrics import Metrics
-    from service.registry import ModelRegistry
+    from service.core.metrics import Metrics
+    from service.core.registry import ModelRegistry
     from service.settings import Settings
 
     older = tmp_path / "older"
@@ -130,7 +130,7 @@ def test_a_model_exported_without_scorer_core_scores_every_variant_on_scorer(
 
     async def scores_in_process() -> dict[str, np.ndarray]:
         registry = ModelRegistry(Settings(artifacts_dir=older), Metrics())
-        handle = await registry.load_folder(older, initial=True)
+        handle = await registry.sync.load_folder(older, initial=True)
         try:
             assert set(handle.batchers) == {"encoder", "decoder", "scorer"}
             return {v: (await handle.score(x, variant=v, mc_samples=4, seed=7))[f"{v}_score"] for v in VARIANTS}

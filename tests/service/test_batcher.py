@@ -10,8 +10,8 @@ import time
 import numpy as np
 import pytest
 
-from service.batcher import BatchStats, DynamicBatcher
-from service.errors import ModelNotReady, Overloaded, PayloadTooLarge, RequestTimeout
+from service.core.batcher import BatchStats, DynamicBatcher
+from service.core.errors import ModelNotReady, Overloaded, PayloadTooLarge, RequestTimeout
 
 
 def doubling(calls: list[int]):  # type: ignore[no-untyped-def]

@@ -16,7 +16,7 @@ import httpx
 import numpy as np
 import pytest
 
-from tests.helpers import REPO, ServerProcess, start_server
+from harness.servers import REPO, ServerProcess, start_server
 from vaeserve.cli import main
 
 ITEMS = 600  # three chunks of 256, 256 and 88

@@ -1,4 +1,4 @@
-"""The Python client (service/client.py) against real servers: every method gives the JSON API's
+"""The Python client (service/client/) against real servers: every method gives the JSON API's
 numbers, error answers become typed exceptions with the service's message, and 429/503 are retried
 after Retry-After until the service has room."""
 
@@ -12,6 +12,7 @@ import httpx
 import numpy as np
 import pytest
 
+from harness.servers import ServerProcess, free_port, start_server
 from service.client import (
     AsyncVAEClient,
     InvalidInputError,
@@ -21,7 +22,6 @@ from service.client import (
     VAEClient,
     VAEConnectionError,
 )
-from tests.helpers import ServerProcess, free_port, start_server
 
 
 def post(server: ServerProcess, path: str, body: dict[str, Any]) -> dict[str, Any]:

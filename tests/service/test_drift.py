@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from service.drift import DriftReference, Window, ks_distance, ks_p_value, population_stability
+from harness.servers import ServerProcess, start_server
+from service.core.drift import DriftReference, Window, ks_distance, ks_p_value, population_stability
 from tests.conftest import ONE_CLASS
-from tests.helpers import ServerProcess, start_server
 
 ITEMS_PER_REQUEST = 10
 # Drift must show within this many 10-item requests of another class (100 items in a window of

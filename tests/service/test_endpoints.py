@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 import torch
 
+from harness.servers import ServerProcess
 from model.latent import interpolate
-from tests.helpers import ServerProcess
 
 
 def post(server: ServerProcess, path: str, body: dict, **kwargs) -> httpx.Response:  # type: ignore[no-untyped-def, type-arg]

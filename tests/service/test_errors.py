@@ -9,7 +9,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.helpers import ServerProcess, start_server
+from harness.servers import ServerProcess, start_server
 
 GOOD = [0.5] * 784
 BAD_REQUESTS = [
@@ -100,7 +100,7 @@ def test_a_full_queue_answers_429_with_retry_after_and_loses_nothing(strict_serv
 def test_missing_artifacts_leave_the_service_alive_but_not_ready(tmp_path: Path) -> None:
     proc = start_server(tmp_path / "no-artifacts", tmp_path, wait_ready=False)
     try:
-        from tests.helpers import wait_until_ready
+        from harness.servers import wait_until_ready
 
         wait_until_ready(proc, path="/healthz", timeout_s=60)
         ready = httpx.get(proc.url + "/readyz")

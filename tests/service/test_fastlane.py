@@ -10,8 +10,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
-from service.errors import Overloaded
-from service.fastlane import FastLane
+from service.core.errors import Overloaded
+from service.http.middleware.fastlane import FastLane
 
 
 async def fallback(scope: Scope, receive: Receive, send: Send) -> None:

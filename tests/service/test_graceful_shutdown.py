@@ -13,7 +13,7 @@ import httpx
 import numpy as np
 import pytest
 
-from tests.helpers import ServerProcess, start_server
+from harness.servers import ServerProcess, start_server
 
 pytestmark = pytest.mark.slow
 

@@ -17,7 +17,7 @@ import orjson
 import pytest
 from numpy.lib import format as npy_format
 
-from tests.helpers import ServerProcess, start_server
+from harness.servers import ServerProcess, start_server
 
 BODY_READ_TIMEOUT_S = 2.0
 NPY = {"content-type": "application/x-npy"}

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from service.errors import InvalidInput, PayloadTooLarge
-from service.inputs import InputSpec, format_items, parse_items, parse_latents
+from service.core.errors import InvalidInput, PayloadTooLarge
+from service.core.inputs import InputSpec, format_items, parse_items, parse_latents
 
 IMAGE = InputSpec(shape=(1, 28, 28), value_range=(0.0, 1.0), is_image=True)
 TABULAR = InputSpec(shape=(5,), value_range=None, is_image=False)

@@ -7,7 +7,7 @@ import numpy as np
 import orjson
 import pytest
 
-from service import json_body
+from service.http import json_body
 
 pytestmark = pytest.mark.skipif(json_body.simdjson is None, reason="pysimdjson is not installed")
 

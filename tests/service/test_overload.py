@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-from tests.helpers import start_server
+from harness.servers import start_server
 
 ITEMS, MC_SAMPLES = 32, 256  # heavy requests, so the server (not this client) is the bottleneck
 REQUEST_TIMEOUT_S = 5.0

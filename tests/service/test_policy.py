@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 
 from model.repository import latest, next_version, version_dir
-from service.batcher import DynamicBatcher, QueueBudget
-from service.discovery import scan_repository
-from service.errors import Overloaded
-from service.policy import PolicyError, TrafficPolicy
+from service.core.batcher import DynamicBatcher, QueueBudget
+from service.core.discovery import scan_repository
+from service.core.errors import Overloaded
+from service.core.policy import PolicyError, TrafficPolicy
 
 
 def test_latest_orders_integer_versions_numerically_after_names() -> None:

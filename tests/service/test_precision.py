@@ -10,8 +10,8 @@ from pathlib import Path
 import httpx
 import numpy as np
 
+from harness.servers import start_server, wait_until_ready
 from model.manifest import load_manifest
-from tests.helpers import start_server, wait_until_ready
 
 
 def test_int8_server_scores_within_the_manifest_parity_of_the_float_server(int8_artifacts: Path, tmp_path: Path,

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 from scipy import stats
 
+from harness.servers import ServerProcess, start_server
 from model.conformal import benjamini_hochberg, conformal_p_values, grid_p_values
-from tests.helpers import ServerProcess, start_server
 
 ALPHA = 0.01
 SPLITS = 20

@@ -13,9 +13,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from service.quotas import QuotaBook, TokenBucket
+from harness.servers import ServerProcess, start_server
+from service.http.quotas import QuotaBook, TokenBucket
 from service.settings import Settings
-from tests.helpers import ServerProcess, start_server
 
 ONE = {"inputs": [[0.5] * 784]}  # 1 item x 16 samples
 QUOTAS = {

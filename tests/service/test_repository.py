@@ -22,8 +22,8 @@ import tritonclient.http as triton
 from scipy.stats import binom
 from tritonclient.utils import InferenceServerException
 
-from tests.helpers import ServerProcess, start_server
-from tests.repository import build_repository, model_name
+from harness.repository import build_repository, model_name
+from harness.servers import ServerProcess, start_server
 
 CLASSES = list(range(10))
 NAMES = [model_name(c) for c in CLASSES]

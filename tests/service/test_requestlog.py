@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.helpers import ServerProcess, start_server
+from harness.servers import ServerProcess, start_server
 
 ADMIN = {"authorization": "Bearer admin-key"}
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"

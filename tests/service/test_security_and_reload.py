@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.helpers import ServerProcess, start_server, wait_until_ready
+from harness.servers import ServerProcess, start_server, wait_until_ready
 
 GOOD = {"inputs": [[0.5] * 784]}
 KEYS = {"api_keys": '["alpha-key", "beta-key"]', "admin_api_keys": '["admin-key"]'}
@@ -21,7 +21,7 @@ KEYS = {"api_keys": '["alpha-key", "beta-key"]', "admin_api_keys": '["admin-key"
 
 @pytest.fixture(scope="module")
 def artifacts_v2(tiny_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from training.cli import main
+    from vaeserve.cli import main
 
     out = tmp_path_factory.mktemp("artifacts-v2")
     assert main(["export", "--checkpoint", str(tiny_run / "best.pt"), "--out", str(out), "--name", "tiny-vae",

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from prometheus_client.multiprocess import MultiProcessCollector
 
-from tests.helpers import ServerProcess, start_server
+from harness.servers import ServerProcess, start_server
 
 pytestmark = pytest.mark.slow
 NPY = {"content-type": "application/x-npy"}

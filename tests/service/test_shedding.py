@@ -17,11 +17,11 @@ import httpx
 import numpy as np
 import orjson
 import pytest
-from starlette.types import Message, Receive, Scope, Send
+from starlette.types import Scope
 
-from service.admission import AdmissionMiddleware
-from service.connections import RECEIVED
-from tests.helpers import ServerProcess, start_server
+from harness.servers import ServerProcess, start_server
+from service.core.metrics import Metrics
+from service.http.admission import RECEIVED, Admission, InFlight
 
 REQUEST_TIMEOUT_S = 2.0
 ONE_ITEM = orjson.dumps({"inputs": [[0.5] * 784], "mc_samples": 1})
@@ -185,42 +185,27 @@ def test_sigterm_under_16_clients_answers_every_request_that_reached_the_server(
     assert closes_after_signal and all(closes_after_signal), "an answer after SIGTERM kept the connection open"
 
 
-# The admission rules in process: a tiny ASGI app behind the middleware.
+# The admission rules in process.
 
-async def call(middleware: AdmissionMiddleware, scope: Scope) -> Message:
-    sent: list[Message] = []
-
-    async def receive() -> Message:
-        return {"type": "http.request", "body": b"", "more_body": False}
-
-    async def send(message: Message) -> None:
-        sent.append(message)
-
-    await middleware(scope, receive, send)
-    return sent[0]
-
-
-def scope(*, received_s_ago: float = 0.0) -> Scope:
-    return {"type": "http", "method": "POST", "path": "/encode", "headers": [],
+def scope(*, received_s_ago: float = 0.0, method: str = "POST", path: str = "/encode") -> Scope:
+    return {"type": "http", "method": method, "path": path, "headers": [],
             "extensions": {RECEIVED: {"monotonic_s": time.monotonic() - received_s_ago}}}
 
 
 def test_admission_bounds_requests_in_flight_and_refuses_those_that_waited_too_long() -> None:
-    release = asyncio.Event()
-
-    async def app(scope: Scope, receive: Receive, send: Send) -> None:
-        await release.wait()
-        await send({"type": "http.response.start", "status": 200, "headers": []})
-
-    async def run() -> list[Message]:
-        middleware = AdmissionMiddleware(app, max_in_flight=2, request_timeout_s=4.0)
-        held = [asyncio.create_task(call(middleware, scope())) for _ in range(2)]
-        await asyncio.sleep(0.01)
-        third = await call(middleware, scope())  # refused at once: two are in flight
-        late = await call(middleware, scope(received_s_ago=2.5))  # waited more than half the 4 s timeout
-        release.set()
-        return [*(await asyncio.gather(*held)), third, late, await call(middleware, scope(received_s_ago=1.5))]
-
-    first, second, third, late, in_time = asyncio.run(run())
-    assert [m["status"] for m in (first, second, third, late, in_time)] == [200, 200, 503, 503, 200]
-    assert (b"retry-after", b"1") in third["headers"] and (b"retry-after", b"1") in late["headers"]
+    in_flight = InFlight(Metrics())
+    admission = Admission(in_flight, max_in_flight=2, request_timeout_s=4.0)
+    for _ in range(2):
+        assert admission.refusal(scope()) is None
+        in_flight.enter()
+    third = admission.refusal(scope())  # refused at once: two are in flight
+    assert third is not None and third[0] == "in_flight_limit" and third[1].headers == {"Retry-After": "1"}
+    in_flight.leave()
+    late = admission.refusal(scope(received_s_ago=2.5))  # waited more than half the 4 s timeout
+    assert late is not None and late[0] == "waited_too_long" and late[1].status_code == 503
+    assert admission.refusal(scope(received_s_ago=1.5)) is None
+    in_flight.enter()  # at the bound again: the control plane and reads are still never refused
+    assert admission.refusal(scope(path="/admin/reload")) is None
+    assert admission.refusal(scope(path="/v2/repository/models/m/load")) is None
+    assert admission.refusal(scope(method="GET", path="/model")) is None
+    assert admission.refusal(scope())[0] == "in_flight_limit"  # type: ignore[index]

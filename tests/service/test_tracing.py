@@ -25,9 +25,9 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
 
+from harness.servers import free_port, start_server
+from service.http.tracing import make_tracer
 from service.settings import Settings
-from service.tracing import make_tracer
-from tests.helpers import free_port, start_server
 
 TRACE_IDS = ["0af7651916cd43dd8448eb211c80319c", "4bf92f3577b34da6a3ce929d0e0e4736"]
 PARENT_IDS = ["b7ad6b7169203331", "00f067aa0ba902b7"]
@@ -52,7 +52,7 @@ def test_tracing_is_off_unless_asked_and_the_service_runs_without_the_extra(
 def test_spans_follow_the_callers_trace_in_process(artifacts_dir: Path) -> None:
     from fastapi.testclient import TestClient
 
-    from service.app import create_app
+    from service.http.app import create_app
 
     exporter = InMemorySpanExporter()
     provider = TracerProvider()

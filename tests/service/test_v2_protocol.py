@@ -10,7 +10,7 @@ import pytest
 import tritonclient.http as triton
 from tritonclient.utils import InferenceServerException
 
-from tests.helpers import ServerProcess
+from harness.servers import ServerProcess
 
 
 @pytest.fixture()

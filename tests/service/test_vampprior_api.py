@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 import torch
 
+from harness.servers import ServerProcess, start_server
 from model.prior import mixture_sample
-from tests.helpers import ServerProcess, start_server
 from training.checkpoint import load_checkpoint
 
 

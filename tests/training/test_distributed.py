@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.helpers import REPO
+from harness.servers import REPO
 
 pytestmark = pytest.mark.slow
 TORCHRUN = Path(sys.executable).with_name("torchrun")
@@ -20,9 +20,9 @@ TORCHRUN = Path(sys.executable).with_name("torchrun")
 
 def train(out: Path, args: list[str], *, processes: int) -> str:
     """`vaeserve train` in one process, or under torchrun with `processes` ranks; returns its output."""
-    command = [sys.executable, "-m", "training.cli", "train", "--out", str(out), *args]
+    command = [sys.executable, "-m", "vaeserve", "train", "--out", str(out), *args]
     if processes > 1:
-        command = [str(TORCHRUN), "--standalone", f"--nproc_per_node={processes}", "-m", "training.cli", "train",
+        command = [str(TORCHRUN), "--standalone", f"--nproc_per_node={processes}", "-m", "vaeserve", "train",
                    "--out", str(out), *args]
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
@@ -51,7 +51,7 @@ def assert_same_training(single: Path, parallel: Path) -> None:
 def test_torchrun_two_processes_match_one_on_fashion_mnist(tmp_path: Path) -> None:
     # 63 examples per step split 32/31 over the ranks, free bits on, dynamic binarization of the global batch.
     args = ["--hidden", "64", "--latent-dim", "4", "--epochs", "1", "--max-steps", "8", "--batch-size", "63",
-            "--free-bits", "0.5", "--seed", "3"]
+            "--free-bits", "0.5", "--seed", "3", "--precision", "fp32"]
     train(tmp_path / "single", args, processes=1)
     output = train(tmp_path / "ddp", args, processes=2)
     assert "data-parallel training: 2 processes (gloo backend)" in output, output
@@ -65,7 +65,7 @@ def test_torchrun_handles_a_last_batch_smaller_than_the_world(tmp_path: Path) ->
     features = rng.standard_normal((120, 6)).astype(np.float32) @ rng.standard_normal((6, 12)).astype(np.float32)
     np.save(tmp_path / "features.npy", features)
     args = ["--data", str(tmp_path / "features.npy"), "--hidden", "16", "--latent-dim", "2", "--epochs", "2",
-            "--batch-size", "109", "--seed", "1"]
+            "--batch-size", "109", "--seed", "1", "--precision", "fp32"]
     train(tmp_path / "single", args, processes=1)
     train(tmp_path / "ddp", args, processes=2)
     assert all(np.isfinite(v.numpy()).all() for v in weights(tmp_path / "ddp").values())

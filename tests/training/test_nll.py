@@ -50,7 +50,7 @@ def test_protocol_report_gives_the_standard_error_and_the_protocol(tiny_model, t
 
 
 def test_evaluate_defaults_to_every_test_image(tiny_run: Path, tmp_path: Path) -> None:
-    from training.cli import main
+    from vaeserve.cli import main
 
     out = tmp_path / "evaluation.json"
     assert main(["evaluate", "--checkpoint", str(tiny_run / "best.pt"), "--iwae-k", "2", "--out", str(out)]) == 0
@@ -62,7 +62,7 @@ def test_evaluate_defaults_to_every_test_image(tiny_run: Path, tmp_path: Path) -
 
 @pytest.mark.parametrize("value", ["-1", "some"])
 def test_iwae_examples_must_be_a_count_or_all(value: str, capsys: pytest.CaptureFixture[str]) -> None:
-    from training.cli import main
+    from vaeserve.cli import main
 
     with pytest.raises(SystemExit):
         main(["evaluate", "--iwae-examples", value])

@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from harness.data import small_fashion_mnist
 from model.config import VAEConfig
 from model.losses import iwae_bound
 from model.vae import VAE
-from tests.helpers import small_fashion_mnist
 from training.config import TrainConfig
 from training.evaluate import score_examples
 from training.loop import _iwae_loss, train

@@ -12,8 +12,8 @@ import onnxruntime as ort
 import pytest
 
 from model.manifest import load_manifest
-from training.cli import main
 from training.quantize import NATS_SCORES, QuantizationRefused, export_with_int8, int8_file
+from vaeserve.cli import main
 
 GRAPHS = {"encoder", "decoder", "scorer", "scorer_core"}
 

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
+from harness.data import small_fashion_mnist
 from model.config import VAEConfig
 from model.vae import VAE
-from tests.helpers import small_fashion_mnist
 from training.averaging import WeightAverage
 from training.checkpoint import load_checkpoint, save_checkpoint
 from training.config import TrainConfig

@@ -76,7 +76,7 @@ def test_onnx_sampler_draws_from_the_mixture_as_pytorch_does(vampprior_artifacts
 
 
 def test_free_bits_with_a_vampprior_is_refused_with_a_message(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from training.cli import main
+    from vaeserve.cli import main
 
     code = main(["train", "--out", str(tmp_path), "--prior", "vampprior", "--free-bits", "0.1", "--max-steps", "1",
                  "--hidden", "16", "--latent-dim", "2"])

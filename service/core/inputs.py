@@ -1,0 +1,208 @@
+"""Turn request items (flat lists, nested lists, base64 PNG) into a checked float32 matrix, and back.
+
+Every message names the field and the item index, so a client can find its mistake.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import io
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+
+from model.config import VAEConfig
+from service.core.errors import InvalidInput, PayloadTooLarge
+
+Layout = Literal["flat", "nested", "png", "npy"]
+MAX_PNG_PIXELS = 4096 * 4096
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """What one item must look like, from the manifest."""
+
+    shape: tuple[int, ...]  # e.g. (1, 28, 28) or (30,)
+    value_range: tuple[float, float] | None  # (0, 1) for images, None for tabular features
+    is_image: bool
+    features: int = field(init=False)
+    # Flat, the full shape, and for one-channel images the shape without the channel.
+    accepted_shapes: frozenset[tuple[int, ...]] = field(init=False)
+
+    def __post_init__(self) -> None:  # derived once: these are read on every request
+        features = int(np.prod(self.shape))
+        shapes = {(features,), self.shape}
+        if self.is_image and self.shape[0] == 1:
+            shapes.add(self.shape[1:])
+        object.__setattr__(self, "features", features)
+        object.__setattr__(self, "accepted_shapes", frozenset(shapes))
+
+    @classmethod
+    def from_manifest(cls, manifest: dict[str, Any]) -> InputSpec:
+        """From a manifest (or a model card, which carries the same `input` and `config`)."""
+        value_range = manifest["input"].get("range")
+        return cls(shape=tuple(manifest["input"]["shape"]), value_range=tuple(value_range) if value_range else None,
+                   is_image=VAEConfig.from_dict(manifest["config"]).is_image)
+
+
+def parse_items(value: Any, *, field: str, spec: InputSpec, max_items: int) -> tuple[np.ndarray, Layout]:
+    """A non-empty list of items (or an .npy array) -> ((n, F) float32, the layout to answer in)."""
+    if isinstance(value, np.ndarray):
+        return _parse_array(value, field=field, spec=spec, max_items=max_items), "npy"
+    if not isinstance(value, list) or not value:
+        raise InvalidInput(f"{field}: must be a non-empty list of items, got {_describe(value)}")
+    if len(value) > max_items:
+        raise PayloadTooLarge(f"{field}: {len(value)} items exceed the limit of {max_items} per request")
+    if isinstance(value[0], str):
+        return _parse_pngs(value, field=field, spec=spec), "png"
+    try:
+        array = np.asarray(value)
+    except ValueError:
+        raise InvalidInput(_ragged_message(value, field=field, spec=spec)) from None
+    if array.dtype.kind not in "fiu":
+        raise InvalidInput(_type_message(value, field=field))
+    if array.shape[1:] not in spec.accepted_shapes:
+        raise InvalidInput(f"{field}: each item must have shape {_shapes_text(spec)}, got {list(array.shape[1:])}")
+    items = array.reshape(len(value), spec.features)
+    _check_values(items, field=field, spec=spec)
+    return items.astype(np.float32), "flat" if array.ndim == 2 else "nested"
+
+
+def _parse_array(array: np.ndarray, *, field: str, spec: InputSpec, max_items: int) -> np.ndarray:
+    if array.ndim == 0 or len(array) == 0:
+        raise InvalidInput(f"{field}: the .npy array must hold at least one item")
+    if len(array) > max_items:
+        raise PayloadTooLarge(f"{field}: {len(array)} items exceed the limit of {max_items} per request")
+    if array.dtype.kind not in "fiu":
+        raise InvalidInput(f"{field}: the .npy array must be numeric, got dtype {array.dtype}")
+    if array.shape[1:] not in spec.accepted_shapes:
+        raise InvalidInput(f"{field}: each item must have shape {_shapes_text(spec)}, got {list(array.shape[1:])}")
+    items = array.reshape(len(array), spec.features)
+    _check_values(items, field=field, spec=spec)
+    return items.astype(np.float32)
+
+
+def parse_latents(value: Any, *, field: str, latent_dim: int, max_items: int = 1) -> np.ndarray:
+    """One latent vector (list of latent_dim numbers) -> (latent_dim,) float32."""
+    if not isinstance(value, list) or len(value) != latent_dim:
+        raise InvalidInput(f"{field}: must be a list of {latent_dim} numbers, got {_describe(value)}")
+    try:
+        array = np.asarray(value)
+    except ValueError:
+        raise InvalidInput(f"{field}: must be a flat list of {latent_dim} numbers") from None
+    if array.dtype.kind not in "fiu" or array.ndim != 1:
+        raise InvalidInput(f"{field}: must be a flat list of {latent_dim} numbers")
+    if not np.isfinite(array).all():
+        raise InvalidInput(f"{field}: contains NaN, infinite or out-of-float32-range values")
+    if np.abs(array).max() > 1e4:
+        raise InvalidInput(f"{field}: latent values must be within ±10000")
+    return array.astype(np.float32)
+
+
+def format_items(values: np.ndarray, *, layout: Layout, spec: InputSpec) -> list[Any]:
+    """Answer in the caller's layout: flat lists, nested lists in the manifest's shape, or PNG."""
+    if layout == "png":
+        return [encode_png(row, spec=spec) for row in values]
+    if layout == "npy":
+        return values.tolist()
+    if layout == "nested":
+        return values.reshape(len(values), *spec.shape).tolist()
+    return values.tolist()
+
+
+def encode_png(row: np.ndarray, *, spec: InputSpec) -> str:
+    """One image item as base64 PNG (grayscale)."""
+    from PIL import Image
+
+    height, width = spec.shape[-2], spec.shape[-1]
+    pixels = (np.clip(row.reshape(height, width), 0, 1) * 255).round().astype(np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels, mode="L").save(buffer, format="PNG")
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def heatmap_png(feature_nll: np.ndarray, *, spec: InputSpec) -> str:
+    """Per-pixel NLL scaled to 0..1 by its own maximum, as a grayscale base64 PNG."""
+    values = np.clip(np.asarray(feature_nll, dtype=np.float64), 0, None)
+    top = values.max()
+    return encode_png((values / top) if top > 0 else values, spec=spec)
+
+
+def _parse_pngs(value: list[Any], *, field: str, spec: InputSpec) -> np.ndarray:
+    if not spec.is_image:
+        raise InvalidInput(f"{field}: this model takes numeric feature lists, not images")
+    from PIL import Image
+
+    Image.MAX_IMAGE_PIXELS = MAX_PNG_PIXELS
+    height, width = spec.shape[-2], spec.shape[-1]
+    rows = np.empty((len(value), spec.features), dtype=np.float32)
+    for i, item in enumerate(value):
+        if not isinstance(item, str):
+            raise InvalidInput(f"{field}[{i}]: mix of images and numbers; send one kind per request")
+        try:
+            raw = base64.b64decode(item.split(",", 1)[-1], validate=True)  # a data: URL prefix is allowed
+            with Image.open(io.BytesIO(raw)) as opened:
+                gray = opened.convert("L")
+                if gray.size != (width, height):
+                    gray = gray.resize((width, height), Image.Resampling.BILINEAR)
+                rows[i] = np.asarray(gray, dtype=np.float32).reshape(-1) / 255.0
+        except (binascii.Error, ValueError, OSError, Image.DecompressionBombError) as exc:
+            raise InvalidInput(f"{field}[{i}]: not a valid base64-encoded image: {exc}") from None
+    return rows
+
+
+def _check_values(items: np.ndarray, *, field: str, spec: InputSpec) -> None:
+    """Finite, within float32, within the manifest's range; the fast path is two reductions."""
+    if spec.value_range is not None:
+        low, high = spec.value_range
+        if items.min() >= low and items.max() <= high:  # False for NaN too, so NaN goes the slow way
+            return
+    elif np.abs(items).max() <= FLOAT32_MAX:  # False for NaN and inf
+        return
+    with np.errstate(invalid="ignore"):
+        finite = (np.abs(items) <= FLOAT32_MAX).all(axis=1)
+    if not finite.all():
+        i = int(np.argmin(finite))
+        raise InvalidInput(f"{field}[{i}]: contains NaN, infinite or out-of-float32-range values")
+    if spec.value_range is not None:
+        bad = (items < low).any(axis=1) | (items > high).any(axis=1)
+        if bad.any():
+            i = int(np.argmax(bad))
+            raise InvalidInput(f"{field}[{i}]: values must be in [{low:g}, {high:g}] (pixel intensities), "
+                               f"got min {items[i].min():g} max {items[i].max():g}")
+
+
+def _ragged_message(value: list[Any], *, field: str, spec: InputSpec) -> str:
+    expected = None
+    for i, item in enumerate(value):
+        try:
+            shape = np.shape(item)
+        except ValueError:
+            return f"{field}[{i}]: nested lists of unequal length; expected shape {_shapes_text(spec)}"
+        expected = shape if expected is None else expected
+        if shape != expected:
+            return f"{field}[{i}]: shape {list(shape)} differs from item 0's {list(expected)}; expected {_shapes_text(spec)}"
+    return f"{field}: items must be equal-shaped lists of numbers, expected {_shapes_text(spec)}"
+
+
+def _type_message(value: list[Any], *, field: str) -> str:
+    for i, item in enumerate(value):
+        flat = np.asarray(item, dtype=object).reshape(-1)
+        for element in flat:
+            if isinstance(element, bool) or not isinstance(element, (int, float)):
+                return f"{field}[{i}]: every value must be a number, got {_describe(element)}"
+    return f"{field}: every value must be a number"
+
+
+def _shapes_text(spec: InputSpec) -> str:
+    return " or ".join(str(list(s)) for s in sorted(spec.accepted_shapes, key=len))
+
+
+def _describe(value: Any) -> str:
+    if isinstance(value, (list, dict)):
+        return f"{type(value).__name__} of length {len(value)}"
+    text = repr(value)
+    return f"{type(value).__name__} {text[:40]}"

@@ -1,0 +1,257 @@
+"""The Open Inference Protocol (KServe v2) over the same batchers and metrics, with Triton's
+binary tensor extension (Inference-Header-Content-Length) and repository extension (index, load,
+unload). Model names are `<model>.<graph>`; the default model's graphs also answer to bare names.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import orjson
+from fastapi import APIRouter, Request
+from fastapi.responses import Response
+
+from model.contract import NOISE_INPUT
+from service.core.errors import Conflict, InvalidInput, MalformedBody, ModelNotReady, NotFound
+from service.core.handle import ModelHandle
+from service.core.registry import LOAD_ERRORS
+from service.http.body import read_body, unless_disconnected
+from service.http.deps import RegistryDep, SettingsDep, admit_work
+from service.http.routes.models import describe
+from service.http.schemas import ErrorResponse
+
+router = APIRouter(prefix="/v2", tags=["KServe v2"], responses={
+    code: {"model": ErrorResponse, "description": text} for code, text in (
+        (400, "malformed request"), (404, "no such model or version"), (413, "body too large"),
+        (422, "invalid tensors"), (429, "queue full"), (503, "not ready"), (504, "queued too long"))})
+HEADER_LENGTH = "inference-header-content-length"
+DATATYPES = {"FP32": np.float32, "FP64": np.float64, "INT32": np.int32, "INT64": np.int64}
+NAMES = {np.dtype(v).name: k for k, v in DATATYPES.items()}
+
+
+# The infer body as it is (schemathesis: an undeclared body lets an empty POST look valid).
+INFER_BODY: dict[str, Any] = {"requestBody": {"required": True, "content": {
+    "application/json": {"schema": {"type": "object", "required": ["inputs"], "properties": {
+        "id": {"type": "string"}, "inputs": {"type": "array", "minItems": 1, "items": {"type": "object"}},
+        "outputs": {"type": "array", "items": {"type": "object"}}, "parameters": {"type": "object"}}}},
+    "application/octet-stream": {"schema": {"type": "string", "format": "binary"},
+                                 "description": "JSON header of Inference-Header-Content-Length bytes, then tensors"}}}}
+
+
+def _json(payload: Any, status: int = 200) -> Response:
+    return Response(orjson.dumps(payload), status_code=status, media_type="application/json")
+
+
+def address(name: str) -> tuple[str | None, str]:
+    """`<model>.<graph>` -> (model, graph); a bare graph name is the default model's."""
+    model, dot, graph = name.rpartition(".")
+    return (model, graph) if dot else (None, name)
+
+
+def _spec(handle: ModelHandle, name: str) -> dict[str, Any]:
+    spec = handle.runtime.manifest["graphs"].get(address(name)[1])
+    if spec is None:
+        prefix = f"{handle.name}." if address(name)[0] else ""
+        raise NotFound(f"model {name!r} not found; models: {[prefix + g for g in sorted(handle.runtime.manifest['graphs'])]}")
+    return spec
+
+
+@router.get("", summary="Server metadata")
+async def server_metadata() -> Response:
+    return _json({"name": "vaeserve", "version": "0.1.0", "extensions": ["binary_tensor_data", "model_repository"]})
+
+
+@router.get("/health/live", summary="Server liveness")
+async def live() -> Response:
+    return _json({"live": True})
+
+
+@router.get("/health/ready", summary="Server readiness")
+async def ready(registry: RegistryDep) -> Response:
+    return _json({"ready": registry.ready}, 200 if registry.ready else 503)
+
+
+@router.get("/models/{name}", summary="Model metadata (`<model>.<graph>`, or a graph of the default model)")
+@router.get("/models/{name}/versions/{version}", summary="Model metadata (one version)")
+async def model_metadata(registry: RegistryDep, name: str, version: str | None = None) -> Response:
+    model = address(name)[0]
+    async with registry.use(model, version or registry.default_version(model)) as handle:
+        spec = _spec(handle, name)
+    dims = {"batch": -1, "k": -1}
+    tensor = lambda t: {"name": t["name"], "datatype": NAMES[t["dtype"]],  # noqa: E731
+                        "shape": [dims.get(d, d) for d in t["shape"]]}
+    platform = "onnxruntime_onnx" if handle.runtime.backend == "onnxruntime" else "pytorch_libtorch"
+    return _json({"name": name, "versions": registry.versions(model), "platform": platform,
+                  "inputs": [tensor(t) for t in spec["inputs"]], "outputs": [tensor(t) for t in spec["outputs"]]})
+
+
+@router.get("/models/{name}/ready", summary="Model readiness (loaded and warm)")
+@router.get("/models/{name}/versions/{version}/ready", summary="Model readiness (one version)")
+async def model_ready(registry: RegistryDep, name: str, version: str | None = None) -> Response:
+    try:
+        handle = registry.loaded(address(name)[0], version)
+        ready = handle is not None and bool(_spec(handle, name))
+    except ModelNotReady:
+        ready = False
+    return _json({"name": name, "ready": ready}, 200 if ready else 503)
+
+
+@router.post("/models/{name}/infer", summary="Inference (JSON or binary tensors)", openapi_extra=INFER_BODY)
+@router.post("/models/{name}/versions/{version}/infer", summary="Inference on one version", openapi_extra=INFER_BODY)
+async def infer(request: Request, registry: RegistryDep, settings: SettingsDep, name: str,
+                version: str | None = None) -> Response:
+    body = await read_body(request, settings)
+    async with registry.use(address(name)[0], version) as handle:
+        spec = _spec(handle, name)
+        header, binary = _split(body, request.headers.get(HEADER_LENGTH))
+        feeds = _feeds(header, binary, spec, max_items=settings.max_items_per_request,
+                       max_mc_samples=settings.max_mc_samples)
+        items = len(next(iter(feeds.values())))
+        samples = feeds[NOISE_INPUT].shape[1] if NOISE_INPUT in feeds else 1
+        work = admit_work(request, handle.ref, items=items, mc_samples=samples)
+        outputs = await unless_disconnected(request, handle.batchers[address(name)[1]].submit(feeds, member=work),
+                                            size=items * samples)
+    return _response(header, outputs, spec, model=name, version=handle.version)
+
+
+@router.post("/repository/index", summary="Repository index: every model version and its state")
+async def repository_index(request: Request, registry: RegistryDep, settings: SettingsDep) -> Response:
+    body = await read_body(request, settings)
+    try:
+        only_ready = bool((orjson.loads(body) if body.strip() else {}).get("ready", False))
+    except (orjson.JSONDecodeError, AttributeError):
+        raise MalformedBody("repository index request: body must be a JSON object or empty") from None
+    states = {"ready": "READY", "loading": "LOADING", "failed": "UNAVAILABLE", "unloaded": "UNAVAILABLE"}
+    index = [{"name": m["name"], "version": v["version"], "state": states[v["state"]],
+              "reason": v["error"] or ("unloaded" if m["unloaded"] else "")}
+             for m in describe(registry)["models"] for v in m["versions"]]
+    return _json([entry for entry in index if entry["state"] == "READY" or not only_ready])  # type: ignore[arg-type]
+
+
+ADMIN_ONLY: dict[int | str, dict[str, Any]] = {code: {"model": ErrorResponse, "description": text} for code, text in (
+    (401, "no or unknown API key"), (403, "not an admin key, or admin routes off"),
+    (409, "the model failed to load (the message says why)"))}
+
+
+@router.post("/repository/models/{name}/load", summary="Load (and warm) every available version of a model (admin)",
+             responses=ADMIN_ONLY)
+async def repository_load(registry: RegistryDep, name: str) -> Response:
+    model = _repository_model(registry, name)
+    try:
+        await registry.load_model(model)
+    except LOAD_ERRORS as exc:
+        raise Conflict(f"model {model!r} failed to load: {exc}") from None
+    return _json({})
+
+
+@router.post("/repository/models/{name}/unload", summary="Unload a model; it drains its requests first (admin)",
+             responses=ADMIN_ONLY)
+async def repository_unload(registry: RegistryDep, name: str) -> Response:
+    registry.unload_model(_repository_model(registry, name))
+    return _json({})
+
+
+def _repository_model(registry: RegistryDep, name: str) -> str:
+    """The repository's model for a load/unload name: the model itself, or one of its `<model>.<graph>`."""
+    model = address(name)[0]
+    return model if model is not None and model in registry.models else name
+
+
+def _split(body: bytes, header_length: str | None) -> tuple[dict[str, Any], bytes]:
+    size = len(body)
+    if header_length is not None:
+        if not header_length.isdigit() or int(header_length) > size:
+            raise MalformedBody(f"Inference-Header-Content-Length {header_length!r} is not within the body's {size} bytes")
+        size = int(header_length)
+    try:
+        header = orjson.loads(body[:size])
+    except orjson.JSONDecodeError as exc:
+        raise MalformedBody(f"inference request header is not valid JSON: {exc}") from None
+    if not isinstance(header, dict) or not isinstance(header.get("inputs"), list):
+        raise InvalidInput("inputs: the inference request needs a list of input tensors")
+    return header, body[size:]
+
+
+def _feeds(header: dict[str, Any], binary: bytes, spec: dict[str, Any], *, max_items: int,
+           max_mc_samples: int) -> dict[str, np.ndarray]:
+    """Decode every input tensor (JSON data or binary), check names, shapes, batch and values."""
+    expected = {t["name"]: t for t in spec["inputs"]}
+    feeds: dict[str, np.ndarray] = {}
+    offset = 0
+    for i, tensor in enumerate(header["inputs"]):
+        if not isinstance(tensor, dict) or tensor.get("name") not in expected:
+            raise InvalidInput(f"inputs[{i}]: name must be one of {sorted(expected)}")
+        name, shape, datatype = tensor["name"], tensor.get("shape"), tensor.get("datatype")
+        if datatype not in ("FP32", "FP64"):
+            raise InvalidInput(f"inputs[{i}] ({name}): datatype must be FP32 (or FP64), got {datatype!r}")
+        if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
+            raise InvalidInput(f"inputs[{i}] ({name}): shape must be a list of non-negative integers")
+        # The claimed shape is checked before any data is decoded.
+        want = expected[name]["shape"]
+        if len(shape) != len(want) or any(isinstance(w, int) and w != d for w, d in zip(want, shape)):
+            raise InvalidInput(f"inputs[{i}] ({name}): shape {shape} does not match {want}")
+        if shape[0] == 0 or shape[0] > max_items:
+            raise InvalidInput(f"inputs[{i}] ({name}): batch of {shape[0]} items is outside 1..{max_items}")
+        samples = [d for w, d in zip(want, shape) if w == "k"]  # eps: (batch, k, latent), as mc_samples
+        if samples and samples[0] > max_mc_samples:
+            raise InvalidInput(f"inputs[{i}] ({name}): {samples[0]} Monte Carlo samples (dimension k) exceed "
+                               f"the limit of {max_mc_samples} (max_mc_samples)")
+        dtype = DATATYPES[datatype]
+        size = (tensor.get("parameters") or {}).get("binary_data_size")
+        if size is not None:
+            if not isinstance(size, int) or size < 0 or offset + size > len(binary):
+                raise InvalidInput(f"inputs[{i}] ({name}): binary_data_size {size!r} exceeds the binary payload")
+            claimed = math.prod(shape) * np.dtype(dtype).itemsize
+            if claimed != size:
+                raise InvalidInput(f"inputs[{i}] ({name}): shape {shape} of {datatype} is {claimed} bytes, "
+                                   f"binary_data_size is {size}")
+        try:
+            if size is not None:
+                array = np.frombuffer(binary, dtype=dtype, count=math.prod(shape), offset=offset).reshape(shape)
+                offset += size
+            else:
+                array = np.asarray(tensor.get("data"), dtype=dtype).reshape(shape)
+        except (ValueError, TypeError):
+            raise InvalidInput(f"inputs[{i}] ({name}): data does not hold numbers of shape {shape}") from None
+        with np.errstate(over="ignore"):
+            feeds[name] = np.ascontiguousarray(array, dtype=np.float32)
+        if not np.isfinite(feeds[name]).all():
+            raise InvalidInput(f"inputs[{i}] ({name}): contains NaN, infinite or out-of-float32-range values")
+    missing = set(expected) - set(feeds)
+    if missing:
+        raise InvalidInput(f"inputs: missing tensors {sorted(missing)}")
+    if len({len(v) for v in feeds.values()}) > 1:
+        raise InvalidInput("inputs: all tensors must have the same batch size")
+    return feeds
+
+
+def _response(header: dict[str, Any], outputs: dict[str, np.ndarray], spec: dict[str, Any], *, model: str,
+              version: str) -> Response:
+    """Requested outputs (all by default); binary where asked, with the header length."""
+    binary_default = bool((header.get("parameters") or {}).get("binary_data_output", False))
+    requested = header.get("outputs") or [{"name": t["name"]} for t in spec["outputs"]]
+    tensors, blobs = [], []
+    for i, wanted in enumerate(requested):
+        name = wanted.get("name") if isinstance(wanted, dict) else None
+        if name not in outputs:
+            raise InvalidInput(f"outputs[{i}]: name must be one of {sorted(outputs)}")
+        array = np.ascontiguousarray(outputs[name])
+        entry: dict[str, Any] = {"name": name, "datatype": NAMES[array.dtype.name], "shape": list(array.shape)}
+        if (wanted.get("parameters") or {}).get("binary_data", binary_default):
+            blob = array.tobytes()
+            entry["parameters"] = {"binary_data_size": len(blob)}
+            blobs.append(blob)
+        else:
+            entry["data"] = array.reshape(-1).tolist()
+        tensors.append(entry)
+    payload = orjson.dumps({"model_name": model, "model_version": version, "id": header.get("id", ""),
+                            "outputs": tensors})
+    if not blobs:
+        return Response(payload, media_type="application/json")
+    return Response(payload + b"".join(blobs), media_type="application/octet-stream",
+                    headers={"Inference-Header-Content-Length": str(len(payload))})
+
+
+
