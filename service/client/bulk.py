@@ -30,7 +30,7 @@ from service.core.inputs import InputSpec, parse_items
 from service.core.noise import standard_normal
 from service.core.scoring import ScoreCalibration
 
-COLUMNS = ("score", "reconstruction_nll", "kl", "percentile", "threshold", "is_anomaly")
+COLUMNS = ("score", "reconstruction_nll", "kl", "percentile", "p_value", "threshold", "is_anomaly")
 
 
 @dataclass(frozen=True)
@@ -107,9 +107,11 @@ class OfflineScorer:
         eps = standard_normal(seed, (len(x), options.mc_samples, self.runtime.config.latent_dim))
         out = self.runtime.run(graph, {"x": x, "eps": eps})
         scores = out[score_output(options.score)]
+        p_values = self.scoring.p_values(options.score, scores)  # None: no calibration scores (NaN, as online)
         return {"score": scores, "reconstruction_nll": out["reconstruction_nll"], "kl": out["kl"],
-                "percentile": self.scoring.percentiles(options.score, scores), "threshold": np.full(len(x), threshold),
-                "is_anomaly": scores > threshold}
+                "percentile": self.scoring.percentiles(options.score, scores),
+                "p_value": np.full(len(x), np.nan) if p_values is None else p_values,
+                "threshold": np.full(len(x), threshold), "is_anomaly": scores > threshold}
 
 
 def progress_bar(total: int) -> Any:

@@ -111,9 +111,10 @@ class _Calls:
 
     @staticmethod
     def anomaly_score(x: Any, *, mc_samples: int, seed: int, score: str, target_fpr: float | None,
-                      contamination: float | None, explain: bool, model: str | None, version: str | None) -> Call:
+                      contamination: float | None, fdr: float | None, explain: bool, model: str | None,
+                      version: str | None) -> Call:
         params = _params(mc_samples=mc_samples, seed=seed, score=score, target_fpr=target_fpr,
-                         contamination=contamination, explain=explain or None)
+                         contamination=contamination, fdr=fdr, explain=explain or None)
         return Call("POST", _prefix(model, version) + "/anomaly-score", params=params, content=npy_bytes(_items(x)),
                     parse=AnomalyScores.from_json)
 
@@ -145,7 +146,7 @@ class _Base:
         """Retry-After when the service sent one (plus up to 10% so clients told the same second spread
         out), else exponential backoff with jitter."""
         header = response.headers.get("retry-after", "") if response is not None else ""
-        if header.isdigit():
+        if header.isascii() and header.isdigit():  # '²'.isdigit() is True, int('²') fails
             return int(header) * random.uniform(1.0, 1.1)
         return min(self.max_backoff_s, self.backoff_s * 2 ** attempt) * random.uniform(0.5, 1.0)
 
@@ -207,10 +208,11 @@ class VAEClient(_Base):
                                              model=model, version=version))
 
     def anomaly_score(self, x: Any, *, mc_samples: int = DEFAULT_MC_SAMPLES, seed: int = 0, score: str = DEFAULT_SCORE_VARIANT,
-                      target_fpr: float | None = None, contamination: float | None = None, explain: bool = False,
-                      model: str | None = None, version: str | None = None) -> AnomalyScores:
+                      target_fpr: float | None = None, contamination: float | None = None, fdr: float | None = None,
+                      explain: bool = False, model: str | None = None, version: str | None = None) -> AnomalyScores:
+        """Scores per item; `fdr` flags by Benjamini-Hochberg on the p-values instead of a threshold."""
         return self._send(_Calls.anomaly_score(x, mc_samples=mc_samples, seed=seed, score=score, target_fpr=target_fpr,
-                                               contamination=contamination, explain=explain, model=model,
+                                               contamination=contamination, fdr=fdr, explain=explain, model=model,
                                                version=version))
 
     def model_card(self, *, model: str | None = None, version: str | None = None) -> dict[str, Any]:
@@ -275,10 +277,11 @@ class AsyncVAEClient(_Base):
 
     async def anomaly_score(self, x: Any, *, mc_samples: int = DEFAULT_MC_SAMPLES, seed: int = 0, score: str = DEFAULT_SCORE_VARIANT,
                             target_fpr: float | None = None, contamination: float | None = None,
-                            explain: bool = False, model: str | None = None,
+                            fdr: float | None = None, explain: bool = False, model: str | None = None,
                             version: str | None = None) -> AnomalyScores:
+        """Scores per item; `fdr` flags by Benjamini-Hochberg on the p-values instead of a threshold."""
         return await self._send(_Calls.anomaly_score(x, mc_samples=mc_samples, seed=seed, score=score,
-                                                     target_fpr=target_fpr, contamination=contamination,
+                                                     target_fpr=target_fpr, contamination=contamination, fdr=fdr,
                                                      explain=explain, model=model, version=version))
 
     async def model_card(self, *, model: str | None = None, version: str | None = None) -> dict[str, Any]:

@@ -117,14 +117,17 @@ class AnomalyScores:
     reconstruction_nll: np.ndarray
     kl: np.ndarray
     percentile: np.ndarray  # share of held-out normal data scoring lower, in %
-    p_value: np.ndarray
-    threshold: np.ndarray
+    p_value: np.ndarray  # conformal: for normal data P(p_value <= a) <= a
+    threshold: np.ndarray  # with fdr: the lowest flagged score (NaN: none flagged)
     is_anomaly: np.ndarray  # bool
     feature_nll: np.ndarray | None  # (n, features) with explain=True
     variant: str
     mc_samples: int
     seed: int
     model: ModelRef
+    p_value_method: str | None = None  # conformal, quantile_grid (approximate), or None (no calibration)
+    fdr: float | None = None
+    p_value_cutoff: float | None = None  # with fdr: items with p_value <= this are flagged
 
     def __len__(self) -> int:
         return len(self.score)
@@ -141,7 +144,8 @@ class AnomalyScores:
         return cls(column("score"), column("reconstruction_nll"), column("kl"), column("percentile"),
                    column("p_value"), column("threshold"), np.array([r["is_anomaly"] for r in results], dtype=bool),
                    _floats([r["feature_nll"] for r in results]) if explained else None,
-                   data["score_variant"], int(data["mc_samples"]), int(data["seed"]), ModelRef.from_json(data["model"]))
+                   data["score_variant"], int(data["mc_samples"]), int(data["seed"]), ModelRef.from_json(data["model"]),
+                   data.get("p_value_method"), data.get("fdr"), data.get("p_value_cutoff"))
 
 
 # ---- errors
@@ -215,4 +219,5 @@ def error_from_response(response: httpx.Response) -> VAEServiceError:
         error, error_type = response.text[:500] or response.reason_phrase, "http_error"
     retry_after = response.headers.get("retry-after", "")
     kind = _BY_STATUS.get(response.status_code, VAEServiceError)
-    return kind(response.status_code, error, error_type, retry_after_s=float(retry_after) if retry_after.isdigit() else None)
+    return kind(response.status_code, error, error_type,
+                retry_after_s=float(retry_after) if retry_after.isascii() and retry_after.isdigit() else None)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import binascii
 import io
+import re
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -17,7 +18,18 @@ from model.config import VAEConfig
 from service.core.errors import InvalidInput, PayloadTooLarge
 
 Layout = Literal["flat", "nested", "png", "npy"]
-MAX_PNG_PIXELS = 4096 * 4096
+# Images are opened as these formats only, never by Pillow's autodetection: an EPS body would reach
+# Ghostscript (a remote-code-execution path where it is installed), and the API says PNG.
+IMAGE_FORMATS = ("PNG",)
+# Decoding is bounded before it starts, from each image's header: an item may decode to at most
+# ITEM_PIXEL_FACTOR times the model's pixels (at least MIN_ITEM_PIXELS), and a request to at most
+# REQUEST_PIXEL_FACTOR times the pixels of its items at the model's size (at least MIN_REQUEST_PIXELS).
+# Decoding runs at ~5 ns a pixel here (a 5.5 kB, 5792x5792 1-bit PNG took 170 ms), so a request's
+# budget costs tens of milliseconds, not the 43 s that 256 such items took with 2 x 4096^2 per item.
+ITEM_PIXEL_FACTOR = 64
+MIN_ITEM_PIXELS = 1 << 20
+REQUEST_PIXEL_FACTOR = 16
+MIN_REQUEST_PIXELS = 1 << 22
 FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
@@ -67,7 +79,7 @@ def parse_items(value: Any, *, field: str, spec: InputSpec, max_items: int) -> t
     if array.shape[1:] not in spec.accepted_shapes:
         raise InvalidInput(f"{field}: each item must have shape {_shapes_text(spec)}, got {list(array.shape[1:])}")
     items = array.reshape(len(value), spec.features)
-    _check_values(items, field=field, spec=spec)
+    check_values(items, field=field, spec=spec)
     return items.astype(np.float32), "flat" if array.ndim == 2 else "nested"
 
 
@@ -81,7 +93,7 @@ def _parse_array(array: np.ndarray, *, field: str, spec: InputSpec, max_items: i
     if array.shape[1:] not in spec.accepted_shapes:
         raise InvalidInput(f"{field}: each item must have shape {_shapes_text(spec)}, got {list(array.shape[1:])}")
     items = array.reshape(len(array), spec.features)
-    _check_values(items, field=field, spec=spec)
+    check_values(items, field=field, spec=spec)
     return items.astype(np.float32)
 
 
@@ -131,30 +143,57 @@ def heatmap_png(feature_nll: np.ndarray, *, spec: InputSpec) -> str:
     return encode_png((values / top) if top > 0 else values, spec=spec)
 
 
+def is_image_list(value: Any) -> bool:
+    """Items that are images (base64 strings): decoding them is work to do off the event loop."""
+    return isinstance(value, list) and bool(value) and isinstance(value[0], str)
+
+
 def _parse_pngs(value: list[Any], *, field: str, spec: InputSpec) -> np.ndarray:
     if not spec.is_image:
         raise InvalidInput(f"{field}: this model takes numeric feature lists, not images")
     from PIL import Image
 
-    Image.MAX_IMAGE_PIXELS = MAX_PNG_PIXELS
     height, width = spec.shape[-2], spec.shape[-1]
-    rows = np.empty((len(value), spec.features), dtype=np.float32)
-    for i, item in enumerate(value):
+    item_limit = max(MIN_ITEM_PIXELS, ITEM_PIXEL_FACTOR * height * width)
+    budget = max(MIN_REQUEST_PIXELS, REQUEST_PIXEL_FACTOR * height * width * len(value))
+    images = []
+    for i, item in enumerate(value):  # headers first: nothing is decoded until the whole request fits
         if not isinstance(item, str):
             raise InvalidInput(f"{field}[{i}]: mix of images and numbers; send one kind per request")
         try:
             raw = base64.b64decode(item.split(",", 1)[-1], validate=True)  # a data: URL prefix is allowed
-            with Image.open(io.BytesIO(raw)) as opened:
+            opened = Image.open(io.BytesIO(raw), formats=IMAGE_FORMATS)  # reads the header only
+        except (binascii.Error, ValueError, OSError, SyntaxError) as exc:
+            raise InvalidInput(f"{field}[{i}]: not a valid base64-encoded PNG image: {_reason(exc)}") from None
+        pixels = opened.size[0] * opened.size[1]
+        if pixels > item_limit:
+            raise PayloadTooLarge(f"{field}[{i}]: a {opened.size[0]}x{opened.size[1]} image is larger than this "
+                                  f"{width}x{height} model accepts ({item_limit} pixels at most); resize it first")
+        budget -= pixels
+        if budget < 0:
+            raise PayloadTooLarge(f"{field}: the images of this request hold more pixels than it may decode "
+                                  f"({max(MIN_REQUEST_PIXELS, REQUEST_PIXEL_FACTOR * height * width * len(value))} "
+                                  "in all); send smaller images or fewer per request")
+        images.append(opened)
+    rows = np.empty((len(value), spec.features), dtype=np.float32)
+    for i, opened in enumerate(images):
+        try:
+            with opened:
                 gray = opened.convert("L")
                 if gray.size != (width, height):
                     gray = gray.resize((width, height), Image.Resampling.BILINEAR)
                 rows[i] = np.asarray(gray, dtype=np.float32).reshape(-1) / 255.0
-        except (binascii.Error, ValueError, OSError, Image.DecompressionBombError) as exc:
-            raise InvalidInput(f"{field}[{i}]: not a valid base64-encoded image: {exc}") from None
+        except (ValueError, OSError, SyntaxError) as exc:  # a header that promised more than the data holds
+            raise InvalidInput(f"{field}[{i}]: not a valid PNG image: {_reason(exc)}") from None
     return rows
 
 
-def _check_values(items: np.ndarray, *, field: str, spec: InputSpec) -> None:
+def _reason(exc: BaseException) -> str:
+    """An exception's message without object reprs (no heap addresses in answers)."""
+    return re.sub(r"<[^<>]* at 0x[0-9a-fA-F]+>", "the data", str(exc)) or type(exc).__name__
+
+
+def check_values(items: np.ndarray, *, field: str, spec: InputSpec) -> None:
     """Finite, within float32, within the manifest's range; the fast path is two reductions."""
     if spec.value_range is not None:
         low, high = spec.value_range

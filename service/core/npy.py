@@ -11,11 +11,19 @@ from __future__ import annotations
 
 import io
 import math
+import re
+import tokenize
 
 import numpy as np
 from numpy.lib import format as npy_format
 
 from service.core.errors import InvalidInput, MalformedBody, PayloadTooLarge
+
+# What numpy's header parser raises on bytes a client made up: its own ValueErrors, and what escapes
+# it from tokenize (a header that is not a complete literal) and ast (nesting past the recursion limit).
+HEADER_ERRORS = (ValueError, TypeError, OSError, EOFError, SyntaxError, RecursionError, tokenize.TokenError)
+OBJECT_REPR = re.compile(r"<([\w.]+) object at 0x[0-9a-fA-F]+>")
+MAX_REASON_CHARS = 300  # numpy's messages quote the header, which may be 10 kB
 
 
 def load_npy(body: bytes, *, field: str, max_items: int) -> np.ndarray:
@@ -26,12 +34,12 @@ def load_npy(body: bytes, *, field: str, max_items: int) -> np.ndarray:
         # Versions 2.0 and 3.0 share the 4-byte header length; the header itself is bounded (10 kB).
         read_header = npy_format.read_array_header_1_0 if version == (1, 0) else npy_format.read_array_header_2_0
         shape, fortran_order, dtype = read_header(stream)
-    except (ValueError, TypeError, OSError, EOFError) as exc:
-        raise MalformedBody(f"body is not a valid .npy array: {exc}") from None
+    except HEADER_ERRORS as exc:
+        raise MalformedBody(f"{field}: the body is not a valid .npy array: {_reason(exc)}") from None
     if dtype.hasobject or dtype.kind not in "fiu":
         raise InvalidInput(f"{field}: the .npy array must be numeric, got dtype {dtype}")
     if any(d < 0 for d in shape):
-        raise MalformedBody(f"body is not a valid .npy array: negative dimension in shape {shape}")
+        raise MalformedBody(f"{field}: the body is not a valid .npy array: negative dimension in shape {shape}")
     if shape and shape[0] > max_items:
         raise PayloadTooLarge(f"{field}: the .npy header claims {shape[0]} items; the limit is {max_items} per request")
     count = math.prod(shape)  # Python ints: a claimed shape cannot overflow
@@ -41,6 +49,14 @@ def load_npy(body: bytes, *, field: str, max_items: int) -> np.ndarray:
                            f"but the body holds {len(body) - offset} bytes after the header")
     array = np.frombuffer(body, dtype=dtype, count=count, offset=offset)
     return array.reshape(shape, order="F" if fortran_order else "C")
+
+
+def _reason(exc: BaseException) -> str:
+    """Why the header was refused, without object reprs (no heap addresses in answers)."""
+    if isinstance(exc, (tokenize.TokenError, RecursionError)):
+        return "the header is not a Python literal"
+    text = OBJECT_REPR.sub(lambda m: m.group(1), str(exc)) or type(exc).__name__
+    return text if len(text) <= MAX_REASON_CHARS else text[:MAX_REASON_CHARS] + "..."
 
 
 def npy_bytes(array: np.ndarray) -> bytes:

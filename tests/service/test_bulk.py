@@ -54,7 +54,7 @@ def test_offline_and_online_scores_agree_for_the_same_seed(server: ServerProcess
                     "--seed", "3")
     a, b = read_csv(tmp_path / "online.csv"), read_csv(tmp_path / "offline.csv")
     assert len(a["score"]) == ITEMS and a["index"].tolist() == list(range(ITEMS))
-    for name in ("score", "reconstruction_nll", "kl", "percentile", "threshold"):
+    for name in ("score", "reconstruction_nll", "kl", "percentile", "p_value", "threshold"):
         np.testing.assert_allclose(a[name], b[name], rtol=1e-6, err_msg=name)  # measured here: bit-equal
     assert np.array_equal(a["is_anomaly"], b["is_anomaly"])
     for summary in (online, offline):
@@ -66,6 +66,9 @@ def test_offline_and_online_scores_agree_for_the_same_seed(server: ServerProcess
     x = np.load(items_npy)[256:512]
     response = httpx.post(server.url + "/anomaly-score", json={"inputs": x.tolist(), "seed": 4}, timeout=60).json()
     np.testing.assert_allclose(a["score"][256:512], [r["score"] for r in response["results"]], rtol=1e-6)
+    # The CSV's p-values are the service's conformal p-values, online and offline.
+    np.testing.assert_allclose(b["p_value"][256:512], [r["p_value"] for r in response["results"]], rtol=1e-6)
+    assert ((0 < b["p_value"]) & (b["p_value"] <= 1)).all()
     other = score(capsys, str(items_npy), "--artifacts", str(artifacts_dir), "--out", str(tmp_path / "seed0.csv"))
     assert other["seed"] == 0 and not np.allclose(read_csv(tmp_path / "seed0.csv")["score"], b["score"])
 

@@ -75,6 +75,25 @@ def test_every_method_gives_the_json_apis_numbers(server: ServerProcess, test_im
         assert client.retries == 0
 
 
+def test_fdr_flags_by_benjamini_hochberg_as_the_api_does(server: ServerProcess, test_images: np.ndarray) -> None:
+    x = np.concatenate([test_images[:6], np.ones((2, 784), dtype=np.float32)])  # two all-white images: outliers
+    ref = post(server, "/anomaly-score", {"inputs": x.tolist(), "seed": 2, "fdr": 0.2})
+    with VAEClient(server.url) as client:
+        scores = client.anomaly_score(x, seed=2, fdr=0.2)
+
+    async def run() -> Any:
+        async with AsyncVAEClient(server.url) as client:
+            return await client.anomaly_score(x, seed=2, fdr=0.2)
+
+    for got in (scores, asyncio.run(run())):
+        close(got.p_value, [r["p_value"] for r in ref["results"]])
+        assert got.is_anomaly.tolist() == [r["is_anomaly"] for r in ref["results"]] and got.is_anomaly[-2:].all()
+        assert (got.fdr, got.p_value_cutoff, got.p_value_method) == (0.2, ref["p_value_cutoff"], "conformal")
+        close(got.threshold, [r["threshold"] for r in ref["results"]])  # the lowest flagged score
+    with VAEClient(server.url, max_retries=0) as client, pytest.raises(InvalidInputError, match="fdr"):
+        client.anomaly_score(x, fdr=0.2, target_fpr=0.05)
+
+
 def test_async_client_gives_the_same_answers_concurrently(server: ServerProcess, test_images: np.ndarray) -> None:
     x = test_images[:4]
     with VAEClient(server.url) as client:

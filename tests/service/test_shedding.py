@@ -20,6 +20,7 @@ import pytest
 from starlette.types import Scope
 
 from harness.servers import ServerProcess, start_server
+from service.core.errors import ServerBusy
 from service.core.metrics import Metrics
 from service.http.admission import RECEIVED, Admission, InFlight
 
@@ -195,17 +196,18 @@ def scope(*, received_s_ago: float = 0.0, method: str = "POST", path: str = "/en
 def test_admission_bounds_requests_in_flight_and_refuses_those_that_waited_too_long() -> None:
     in_flight = InFlight(Metrics())
     admission = Admission(in_flight, max_in_flight=2, request_timeout_s=4.0)
-    for _ in range(2):
-        assert admission.refusal(scope()) is None
-        in_flight.enter()
-    third = admission.refusal(scope())  # refused at once: two are in flight
-    assert third is not None and third[0] == "in_flight_limit" and third[1].headers == {"Retry-After": "1"}
+    admission.enter()
+    admission.enter()
+    with pytest.raises(ServerBusy) as third:  # refused at once: two are in flight
+        admission.enter()
+    assert third.value.status_code == 503 and third.value.headers == {"Retry-After": "1"}
     in_flight.leave()
-    late = admission.refusal(scope(received_s_ago=2.5))  # waited more than half the 4 s timeout
-    assert late is not None and late[0] == "waited_too_long" and late[1].status_code == 503
-    assert admission.refusal(scope(received_s_ago=1.5)) is None
-    in_flight.enter()  # at the bound again: the control plane and reads are still never refused
-    assert admission.refusal(scope(path="/admin/reload")) is None
-    assert admission.refusal(scope(path="/v2/repository/models/m/load")) is None
-    assert admission.refusal(scope(method="GET", path="/model")) is None
-    assert admission.refusal(scope())[0] == "in_flight_limit"  # type: ignore[index]
+    admission.enter()  # a place came free
+    late = admission.waited_too_long(scope(received_s_ago=2.5))  # more than half the 4 s timeout
+    assert late is not None and late.status_code == 503 and late.headers == {"Retry-After": "1"}
+    assert admission.waited_too_long(scope(received_s_ago=1.5)) is None
+    # The control plane and reads are never admitted or refused; model POSTs are.
+    assert not Admission.applies(scope(path="/admin/reload"))
+    assert not Admission.applies(scope(path="/v2/repository/models/m/load"))
+    assert not Admission.applies(scope(method="GET", path="/model"))
+    assert Admission.applies(scope()) and Admission.applies(scope(path="/v2/models/m/infer"))

@@ -101,13 +101,17 @@ class RepositorySync:
         return self.registry.listed_for_preload(name)
 
     def _entry_for(self, source: ModelSource, *, previous: ModelEntry | None) -> ModelEntry:
-        """An entry for a scanned model, reusing the previous slots whose files did not change."""
+        """An entry for a scanned model, reusing the previous slots whose files did not change. A
+        version that failed to load gets a fresh slot, so a rescan tries it again: an operator fixes a
+        corrupted graph (the manifest, and so the fingerprint, unchanged) and sends SIGHUP."""
         old = previous.slots if previous is not None else {}
         budget = previous.budget if previous is not None else QueueBudget(self.settings.max_queue_items)
         slots: dict[str, VersionSlot] = {}
         for version in source.available:
             kept = old.get(version)
-            same = kept is not None and kept.source == source.versions[version] and self.settings.model_repository
+            failed = kept is not None and kept.error is not None and kept.loading is None
+            same = (kept is not None and not failed and kept.source == source.versions[version]
+                    and self.settings.model_repository)
             slots[version] = kept if same and kept is not None else VersionSlot(
                 source.name, version, source.versions[version], budget)
         return ModelEntry(source, budget, slots, source.primary,

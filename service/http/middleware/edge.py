@@ -3,9 +3,10 @@
     open      the request's record and ID (and its span, when traced)
     key       the presented API key, parsed once (two Authorization headers: 400)
     auth      the key checked for the path (401 / 403)
-    admit     the in-flight bound and the wait so far (503 + Retry-After)
+    admit     the wait so far (503 + Retry-After)
     quota     the key's request rate (429 + Retry-After + RateLimit-*); arms its items budget
-    serve     the app, whose answer's status the edge records
+    serve     the app, whose answer's status the edge records; a model request takes its in-flight
+              place when its body has arrived (503 + Retry-After past max_in_flight)
     close     metrics, the access log line, the span
 
 A refusal is a typed error answered by service/http/errors.py, as every other error is. Pure ASGI:
@@ -20,11 +21,11 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.core.errors import ClientDisconnected, ServiceError
+from service.core.errors import ClientDisconnected, ServerBusy, ServiceError
 from service.core.metrics import Metrics
 from service.http.admission import Admission, InFlight
 from service.http.errors import error_response
-from service.http.keys import ALWAYS_OPEN, KeyRing, presented_key
+from service.http.keys import ALWAYS_OPEN, KeyRing, is_admin, presented_key
 from service.http.quotas import QuotaGate
 from service.http.requests import RECORD, RequestRecord, bind, client_address, incoming_id, log_access, unbind
 
@@ -77,21 +78,38 @@ class RequestEdge:
                 message["headers"] = headers
             await send(message)
 
-        counted = False
+        counted = [False]  # in flight: from its body's arrival (POST) or its start (anything else)
         try:
             refusal = self._check(scope, record)
             if refusal is not None:
                 await error_response(refusal)(scope, receive, send_recorded)
                 return
-            counted = InFlight.counts(scope)
-            if counted:
+            if Admission.applies(scope):
+                receive = self._admit_on_body(receive, record, counted)
+            elif InFlight.counts(scope):
                 self.in_flight.enter()
+                counted[0] = True
             await self.app(scope, receive, send_recorded)
         finally:
-            if counted:
+            if counted[0]:
                 self.in_flight.leave()
             self._close(record, status)
             unbind(token)
+
+    def _admit_on_body(self, receive: Receive, record: RequestRecord, counted: list[bool]) -> Receive:
+        """receive, taking the in-flight place (or raising ServerBusy) with the body's last bytes."""
+        async def receive_admitted() -> Message:
+            message = await receive()
+            if not counted[0] and message["type"] == "http.request" and not message.get("more_body", False):
+                try:
+                    self.admission.enter()
+                except ServerBusy:
+                    record.rejection = "in_flight_limit"  # vaeserve_rejections_total, not the 503's "not_ready"
+                    raise
+                counted[0] = True
+            return message
+
+        return receive_admitted
 
     def _open(self, scope: Scope) -> RequestRecord:
         started = time.monotonic()
@@ -112,13 +130,15 @@ class RequestEdge:
         path = scope["path"]
         try:
             key = presented_key(scope["headers"])
-            self.keyring.check(path, key, open_paths=self.open_paths)
+            # Admin routes take POST only: another method goes on to the router's 405, as on any route.
+            if scope["method"] == "POST" or not is_admin(path):
+                self.keyring.check(path, key, open_paths=self.open_paths)
         except ServiceError as refusal:
             return refusal
-        refused = self.admission.refusal(scope)
-        if refused is not None:
-            record.rejection, busy = refused  # vaeserve_rejections_total{reason=...}, not the 503's "not_ready"
-            return busy
+        late = self.admission.waited_too_long(scope) if Admission.applies(scope) else None
+        if late is not None:
+            record.rejection = "waited_too_long"  # vaeserve_rejections_total{reason=...}, not the 503's "not_ready"
+            return late
         try:
             record.quota = self.quotas.admit_request(key, path)
         except ServiceError as refusal:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import io
 from typing import Any
 
@@ -15,7 +17,7 @@ from model.conformal import benjamini_hochberg
 from model.contract import score_output
 from service.core.errors import InvalidInput, NotAcceptable, PayloadTooLarge
 from service.core.handle import ModelHandle
-from service.core.inputs import format_items, heatmap_png, parse_items, parse_latents
+from service.core.inputs import format_items, heatmap_png, is_image_list, parse_items, parse_latents
 from service.core.npy import npy_bytes
 from service.http import schemas
 from service.http.body import NPY, read_request, unless_disconnected, validate_options, wants_npy
@@ -53,10 +55,19 @@ def answer(request: Request, payload: dict[str, Any], *, npy: np.ndarray) -> Res
     return Response(orjson.dumps(payload, option=orjson.OPT_SERIALIZE_NUMPY), media_type="application/json")
 
 
-def _inputs(data: dict[str, Any], handle: ModelHandle, settings: SettingsDep) -> tuple[np.ndarray, Any]:
+async def _items(value: Any, *, field: str, handle: ModelHandle, max_items: int) -> tuple[np.ndarray, Any]:
+    """parse_items; images are decoded on a worker thread, so a request of large images never holds
+    the event loop (and every other request with it) while they decode."""
+    if is_image_list(value):
+        return await asyncio.get_running_loop().run_in_executor(
+            None, functools.partial(parse_items, value, field=field, spec=handle.spec, max_items=max_items))
+    return parse_items(value, field=field, spec=handle.spec, max_items=max_items)
+
+
+async def _inputs(data: dict[str, Any], handle: ModelHandle, settings: SettingsDep) -> tuple[np.ndarray, Any]:
     if "inputs" not in data:
         raise InvalidInput("inputs: field required")
-    return parse_items(data.pop("inputs"), field="inputs", spec=handle.spec, max_items=settings.max_items_per_request)
+    return await _items(data.pop("inputs"), field="inputs", handle=handle, max_items=settings.max_items_per_request)
 
 
 @router.post("/encode", response_model=schemas.EncodeResponse, responses=ERRORS,
@@ -65,7 +76,7 @@ async def encode(request: Request) -> Response:
     registry, settings = app_services(request)
     data = await read_request(request, settings)
     async with registry.use(*model_address(request)) as handle:
-        x, _ = _inputs(data, handle, settings)
+        x, _ = await _inputs(data, handle, settings)
         options = validate_options(schemas.EncodeOptions, data)
         work = admit_work(request, handle.ref, items=len(x))
         out = await unless_disconnected(
@@ -82,7 +93,7 @@ async def reconstruct(request: Request) -> Response:
     registry, settings = app_services(request)
     data = await read_request(request, settings)
     async with registry.use(*model_address(request)) as handle:
-        x, layout = _inputs(data, handle, settings)
+        x, layout = await _inputs(data, handle, settings)
         validate_options(schemas.Options, data)
         work = admit_work(request, handle.ref, items=len(x))
         recon = await unless_disconnected(request, handle.reconstruct(x, work=work), size=len(x))
@@ -131,7 +142,7 @@ async def interpolate(request: Request) -> Response:
             if latent is not None:
                 z[name] = parse_latents(latent, field=f"z_{name}", latent_dim=handle.latent_dim)
             else:
-                x, _ = parse_items([ends[name]], field=name, spec=handle.spec, max_items=1)
+                x, _ = await _items([ends[name]], field=name, handle=handle, max_items=1)
                 z[name] = (await handle.encode(x, sample=False, seed=0, work=work))["mu"][0]
         latents, outputs = await unless_disconnected(
             request, handle.interpolate(z["start"], z["end"], steps=options.steps, method=options.method, work=work),
@@ -146,7 +157,7 @@ async def anomaly_score(request: Request) -> Response:
     registry, settings = app_services(request)
     data = await read_request(request, settings)
     async with registry.use(*model_address(request)) as handle:
-        x, _ = _inputs(data, handle, settings)
+        x, _ = await _inputs(data, handle, settings)
         options = validate_options(schemas.AnomalyScoreOptions, data)
         if options.heatmap and not handle.spec.is_image:
             raise InvalidInput("heatmap: only image models have pixels to draw; use explain for feature NLLs")

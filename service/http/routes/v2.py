@@ -6,6 +6,7 @@ unload). Model names are `<model>.<graph>`; the default model's graphs also answ
 from __future__ import annotations
 
 import math
+import re
 from typing import Any
 
 import numpy as np
@@ -16,6 +17,7 @@ from fastapi.responses import Response
 from model.contract import NOISE_INPUT
 from service.core.errors import Conflict, InvalidInput, MalformedBody, ModelNotReady, NotFound
 from service.core.handle import ModelHandle
+from service.core.inputs import InputSpec, check_values, parse_latents
 from service.core.registry import LOAD_ERRORS
 from service.http.body import read_body, unless_disconnected
 from service.http.deps import RegistryDep, SettingsDep, admit_work
@@ -29,13 +31,22 @@ router = APIRouter(prefix="/v2", tags=["KServe v2"], responses={
 HEADER_LENGTH = "inference-header-content-length"
 DATATYPES = {"FP32": np.float32, "FP64": np.float64, "INT32": np.int32, "INT64": np.int64}
 NAMES = {np.dtype(v).name: k for k, v in DATATYPES.items()}
+JSON_TYPES = {str: "a string", list: "an array", bool: "a boolean", int: "a number", float: "a number"}
+HEADER_LENGTH_DIGITS = re.compile(r"[0-9]{1,15}")  # ASCII digits only: str.isdigit() takes '²', int() does not
 
 
 # The infer body as it is (schemathesis: an undeclared body lets an empty POST look valid).
+PARAMETERS = {"type": "object", "description": "e.g. binary_data_size (inputs), binary_data (outputs), "
+              "binary_data_output (request)"}
+INPUT_TENSOR = {"type": "object", "required": ["name", "shape", "datatype"], "properties": {
+    "name": {"type": "string"}, "shape": {"type": "array", "items": {"type": "integer", "minimum": 0}},
+    "datatype": {"type": "string", "enum": ["FP32", "FP64"]}, "data": {"type": "array"}, "parameters": PARAMETERS}}
+OUTPUT_TENSOR = {"type": "object", "required": ["name"], "properties": {
+    "name": {"type": "string"}, "parameters": PARAMETERS}}
 INFER_BODY: dict[str, Any] = {"requestBody": {"required": True, "content": {
     "application/json": {"schema": {"type": "object", "required": ["inputs"], "properties": {
-        "id": {"type": "string"}, "inputs": {"type": "array", "minItems": 1, "items": {"type": "object"}},
-        "outputs": {"type": "array", "items": {"type": "object"}}, "parameters": {"type": "object"}}}},
+        "id": {"type": "string"}, "inputs": {"type": "array", "minItems": 1, "items": INPUT_TENSOR},
+        "outputs": {"type": "array", "items": OUTPUT_TENSOR}, "parameters": PARAMETERS}}},
     "application/octet-stream": {"schema": {"type": "string", "format": "binary"},
                                  "description": "JSON header of Inference-Header-Content-Length bytes, then tensors"}}}}
 
@@ -106,14 +117,16 @@ async def infer(request: Request, registry: RegistryDep, settings: SettingsDep, 
     async with registry.use(address(name)[0], version) as handle:
         spec = _spec(handle, name)
         header, binary = _split(body, request.headers.get(HEADER_LENGTH))
+        wanted = _requested(header, spec)  # before any work: a wrong output name costs no inference
         feeds = _feeds(header, binary, spec, max_items=settings.max_items_per_request,
                        max_mc_samples=settings.max_mc_samples)
+        _check_feeds(feeds, items=handle.spec, latent_dim=handle.latent_dim)
         items = len(next(iter(feeds.values())))
         samples = feeds[NOISE_INPUT].shape[1] if NOISE_INPUT in feeds else 1
         work = admit_work(request, handle.ref, items=items, mc_samples=samples)
         outputs = await unless_disconnected(request, handle.batchers[address(name)[1]].submit(feeds, member=work),
                                             size=items * samples)
-    return _response(header, outputs, spec, model=name, version=handle.version)
+    return _response(header, outputs, wanted, model=name, version=handle.version)
 
 
 @router.post("/repository/index", summary="Repository index: every model version and its state")
@@ -162,8 +175,9 @@ def _repository_model(registry: RegistryDep, name: str) -> str:
 def _split(body: bytes, header_length: str | None) -> tuple[dict[str, Any], bytes]:
     size = len(body)
     if header_length is not None:
-        if not header_length.isdigit() or int(header_length) > size:
-            raise MalformedBody(f"Inference-Header-Content-Length {header_length!r} is not within the body's {size} bytes")
+        if not HEADER_LENGTH_DIGITS.fullmatch(header_length) or int(header_length) > size:
+            raise MalformedBody(f"Inference-Header-Content-Length {header_length[:20]!r} is not within the body's "
+                                f"{size} bytes")
         size = int(header_length)
     try:
         header = orjson.loads(body[:size])
@@ -171,7 +185,24 @@ def _split(body: bytes, header_length: str | None) -> tuple[dict[str, Any], byte
         raise MalformedBody(f"inference request header is not valid JSON: {exc}") from None
     if not isinstance(header, dict) or not isinstance(header.get("inputs"), list):
         raise InvalidInput("inputs: the inference request needs a list of input tensors")
+    if header.get("outputs") is not None and not isinstance(header["outputs"], list):
+        raise InvalidInput(f"outputs: must be a list of output tensors, got {_json_type(header['outputs'])}")
+    _parameters(header, field="parameters")
     return header, body[size:]
+
+
+def _json_type(value: Any) -> str:
+    return JSON_TYPES.get(type(value), "an object" if isinstance(value, dict) else "null")
+
+
+def _parameters(owner: dict[str, Any], *, field: str) -> dict[str, Any]:
+    """The request's or a tensor's `parameters`: a JSON object, or {} when absent."""
+    value = owner.get("parameters")
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise InvalidInput(f"{field}: must be a JSON object, got {_json_type(value)}")
+    return value
 
 
 def _feeds(header: dict[str, Any], binary: bytes, spec: dict[str, Any], *, max_items: int,
@@ -181,7 +212,7 @@ def _feeds(header: dict[str, Any], binary: bytes, spec: dict[str, Any], *, max_i
     feeds: dict[str, np.ndarray] = {}
     offset = 0
     for i, tensor in enumerate(header["inputs"]):
-        if not isinstance(tensor, dict) or tensor.get("name") not in expected:
+        if not isinstance(tensor, dict) or not isinstance(tensor.get("name"), str) or tensor["name"] not in expected:
             raise InvalidInput(f"inputs[{i}]: name must be one of {sorted(expected)}")
         name, shape, datatype = tensor["name"], tensor.get("shape"), tensor.get("datatype")
         if datatype not in ("FP32", "FP64"):
@@ -199,7 +230,7 @@ def _feeds(header: dict[str, Any], binary: bytes, spec: dict[str, Any], *, max_i
             raise InvalidInput(f"inputs[{i}] ({name}): {samples[0]} Monte Carlo samples (dimension k) exceed "
                                f"the limit of {max_mc_samples} (max_mc_samples)")
         dtype = DATATYPES[datatype]
-        size = (tensor.get("parameters") or {}).get("binary_data_size")
+        size = _parameters(tensor, field=f"inputs[{i}].parameters").get("binary_data_size")
         if size is not None:
             if not isinstance(size, int) or size < 0 or offset + size > len(binary):
                 raise InvalidInput(f"inputs[{i}] ({name}): binary_data_size {size!r} exceeds the binary payload")
@@ -227,19 +258,40 @@ def _feeds(header: dict[str, Any], binary: bytes, spec: dict[str, Any], *, max_i
     return feeds
 
 
-def _response(header: dict[str, Any], outputs: dict[str, np.ndarray], spec: dict[str, Any], *, model: str,
+def _check_feeds(feeds: dict[str, np.ndarray], *, items: InputSpec, latent_dim: int) -> None:
+    """The values the JSON path refuses, refused here alike: items outside the manifest's range, latents
+    beyond its bound (the messages name the tensor and the item)."""
+    if "x" in feeds:
+        check_values(feeds["x"].reshape(len(feeds["x"]), -1), field="x", spec=items)
+    if "z" in feeds:
+        z = feeds["z"]  # (batch, latent_dim), finite: the row with the largest magnitude decides
+        row = int(np.abs(z).max(axis=1).argmax())
+        parse_latents(z[row].tolist(), field=f"z[{row}]", latent_dim=latent_dim)
+
+
+def _requested(header: dict[str, Any], spec: dict[str, Any]) -> list[tuple[str, bool]]:
+    """(name, binary?) of each requested output (all by default), checked before inference."""
+    names = [t["name"] for t in spec["outputs"]]
+    binary_default = bool(_parameters(header, field="parameters").get("binary_data_output", False))
+    requested = header.get("outputs") or [{"name": name} for name in names]
+    wanted = []
+    for i, tensor in enumerate(requested):
+        name = tensor.get("name") if isinstance(tensor, dict) else None
+        if not isinstance(name, str) or name not in names:
+            raise InvalidInput(f"outputs[{i}]: name must be one of {sorted(names)}")
+        binary = _parameters(tensor, field=f"outputs[{i}].parameters").get("binary_data", binary_default)
+        wanted.append((name, bool(binary)))
+    return wanted
+
+
+def _response(header: dict[str, Any], outputs: dict[str, np.ndarray], wanted: list[tuple[str, bool]], *, model: str,
               version: str) -> Response:
-    """Requested outputs (all by default); binary where asked, with the header length."""
-    binary_default = bool((header.get("parameters") or {}).get("binary_data_output", False))
-    requested = header.get("outputs") or [{"name": t["name"]} for t in spec["outputs"]]
+    """The requested outputs; binary where asked, with the header length."""
     tensors, blobs = [], []
-    for i, wanted in enumerate(requested):
-        name = wanted.get("name") if isinstance(wanted, dict) else None
-        if name not in outputs:
-            raise InvalidInput(f"outputs[{i}]: name must be one of {sorted(outputs)}")
+    for name, binary in wanted:
         array = np.ascontiguousarray(outputs[name])
         entry: dict[str, Any] = {"name": name, "datatype": NAMES[array.dtype.name], "shape": list(array.shape)}
-        if (wanted.get("parameters") or {}).get("binary_data", binary_default):
+        if binary:
             blob = array.tobytes()
             entry["parameters"] = {"binary_data_size": len(blob)}
             blobs.append(blob)
