@@ -12,8 +12,9 @@ Architecture = Literal["mlp", "conv"]
 # standard: p(z) = N(0, I). vampprior: a mixture of the posteriors of learned pseudo-inputs
 # (Tomczak & Welling 2018, "VAE with a VampPrior"); see model/prior.py.
 Prior = Literal["standard", "vampprior"]
-# conv: two stride-2 convolutions (H, W -> H/4, W/4) before the dense layers, mirrored in the decoder.
-CONV_STRIDE_TOTAL = 4
+# conv: two stride-2 convolutions (H, W -> H//2//2, W//2//2) before the dense layers, mirrored in
+# the decoder; any H and W of at least this many pixels.
+CONV_MIN_SIZE = 4
 
 
 @dataclass(frozen=True)
@@ -56,10 +57,10 @@ class VAEConfig:
         if self.pseudo_inputs < 1:
             raise ValueError(f"pseudo_inputs must be at least 1, got {self.pseudo_inputs}")
         if self.architecture == "conv" and not (
-            self.is_image and all(d % CONV_STRIDE_TOTAL == 0 for d in self.input_shape[1:])
+            self.is_image and all(d >= CONV_MIN_SIZE for d in self.input_shape[1:])
         ):
-            raise ValueError(f"architecture 'conv' needs an image input_shape (C, H, W) with H and W divisible "
-                             f"by {CONV_STRIDE_TOTAL}, got {self.input_shape}")
+            raise ValueError(f"architecture 'conv' needs an image input_shape (C, H, W) with H and W of at least "
+                             f"{CONV_MIN_SIZE}, got {self.input_shape}")
 
     @property
     def input_dim(self) -> int:

@@ -9,7 +9,7 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from model.config import CONV_STRIDE_TOTAL, VAEConfig
+from model.config import VAEConfig
 from model.losses import (
     bernoulli_log_prob,
     gaussian_log_prob,
@@ -36,10 +36,15 @@ def mlp(sizes: list[int]) -> nn.Sequential:
 CONV_CHANNELS = (32, 64)
 
 
+def conv_sizes(size: int) -> tuple[int, int]:
+    """A side after the first and the second 4x4 stride-2 convolution (padding 1): each halves, rounding down."""
+    return size // 2, size // 4
+
+
 def conv_width(config: VAEConfig) -> int:
     """Features of the flattened conv feature map: the dense layers' input (encoder), output (decoder)."""
     _, height, width = config.input_shape
-    return CONV_CHANNELS[-1] * (height // CONV_STRIDE_TOTAL) * (width // CONV_STRIDE_TOTAL)
+    return CONV_CHANNELS[-1] * conv_sizes(height)[1] * conv_sizes(width)[1]
 
 
 def feature_width(config: VAEConfig) -> int:
@@ -63,15 +68,17 @@ def conv_stem(config: VAEConfig) -> nn.Sequential:
 def deconv_head(config: VAEConfig) -> nn.Sequential:
     """The stem's mirror: (N, conv_width) -> two 4x4 stride-2 transposed convolutions -> (N, F).
 
-    Kernel 4, stride 2, padding 1 exactly doubles H and W, so no output_padding is needed.
+    Kernel 4, stride 2, padding 1 exactly doubles a side; output_padding adds the pixel that the
+    stem's halving dropped from an odd side, so any H and W come back (multiples of 4 need none).
     """
     c_out, c1, c2 = config.input_shape[0], *CONV_CHANNELS
     _, height, width = config.input_shape
+    (h1, h2), (w1, w2) = conv_sizes(height), conv_sizes(width)
     return nn.Sequential(
         nn.ReLU(),  # after the last dense layer, which mlp() leaves linear
-        nn.Unflatten(1, (c2, height // CONV_STRIDE_TOTAL, width // CONV_STRIDE_TOTAL)),
-        nn.ConvTranspose2d(c2, c1, 4, stride=2, padding=1), nn.ReLU(),
-        nn.ConvTranspose2d(c1, c_out, 4, stride=2, padding=1),
+        nn.Unflatten(1, (c2, h2, w2)),
+        nn.ConvTranspose2d(c2, c1, 4, stride=2, padding=1, output_padding=(h1 % 2, w1 % 2)), nn.ReLU(),
+        nn.ConvTranspose2d(c1, c_out, 4, stride=2, padding=1, output_padding=(height % 2, width % 2)),
         nn.Flatten(1),
     )
 
@@ -86,6 +93,15 @@ class MonteCarloTerms(NamedTuple):
     mu: torch.Tensor  # (B, D)
     log_var: torch.Tensor  # (B, D)
     features: torch.Tensor  # (B, H) the encoder's last hidden layer
+
+
+def standard_prior_terms(log_px_features: torch.Tensor, z: torch.Tensor, mu: torch.Tensor, log_var: torch.Tensor,
+                         features: torch.Tensor) -> MonteCarloTerms:
+    """The terms under p(z) = N(0, I), from log p(x_f|z_k) (B, K, F) and z_k (B, K, D): closed-form KL and
+    the importance weights. Shared by VAE and by a user's own model (model/adapter.py)."""
+    kl_dims = kl_per_dim(mu, log_var)  # (B, D)
+    log_weights = iwae_log_weights(log_px_features.sum(-1), z, mu, log_var)  # (B, K)
+    return MonteCarloTerms(log_px_features, kl_dims, kl_dims.sum(-1), log_weights, mu, log_var, features)
 
 
 class Encoder(nn.Module):
@@ -189,10 +205,9 @@ class VAE(nn.Module):
         if reduce_dtype is not None:
             log_px_features, z = log_px_features.to(reduce_dtype), z.to(reduce_dtype)
             mu, log_var = mu.to(reduce_dtype), log_var.to(reduce_dtype)
-        kl_dims = kl_per_dim(mu, log_var)  # (B, D)
         if self.prior is None:
-            log_weights = iwae_log_weights(log_px_features.sum(-1), z, mu, log_var)  # (B, K)
-            return MonteCarloTerms(log_px_features, kl_dims, kl_dims.sum(-1), log_weights, mu, log_var, features)
+            return standard_prior_terms(log_px_features, z, mu, log_var, features)
+        kl_dims = kl_per_dim(mu, log_var)  # (B, D)
         dtype = reduce_dtype or torch.promote_types(z.dtype, torch.float32)  # float32 at least (bf16 autocast)
         z, mu_q, log_var_q = z.to(dtype), mu.to(dtype), log_var.to(dtype)
         # Never in bf16 (autocast): the mixture's expanded quadratic form cancels, and bf16 keeps 3 digits.

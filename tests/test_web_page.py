@@ -175,7 +175,7 @@ def test_api_errors_are_shown_as_the_api_wrote_them(page: Page, tmp_path: Path) 
     page.set_input_files("#upload", str(not_an_image))
     message = page.locator("#analyze-error")
     message.wait_for(state="visible")
-    assert message.inner_text().startswith("422 invalid_input: inputs[0]: not a valid base64-encoded image")
+    assert message.inner_text().startswith("422 invalid_input: inputs[0]: not a valid base64-encoded PNG or JPEG image")
 
 
 def test_keyboard_alone_draws_new_samples_with_a_visible_focus(page: Page, server: ServerProcess) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import re
 from pathlib import Path
 from typing import Any
 
@@ -17,13 +18,19 @@ DEFAULT_ARTIFACTS = Path("artifacts")
 def _add_data_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("data")
     group.add_argument("--data", default="fashion-mnist",
-                       help="'fashion-mnist' (Debian's dataset-fashion-mnist) or a .npy/.csv feature matrix "
-                            "(rows are examples; trains a Gaussian VAE on standardized features)")
+                       help="'fashion-mnist' (Debian's dataset-fashion-mnist), a folder of images (PNG, JPEG, WebP, "
+                            "BMP; flat, class folders, or the MVTec AD layout: docs/training.md), or a .npy/.csv "
+                            "feature matrix (rows are examples; trains a Gaussian VAE on standardized features)")
     group.add_argument("--data-dir", default=None,
                        help="Fashion-MNIST IDX folder (default /usr/share/datasets/fashion-mnist)")
     group.add_argument("--test-data", default=None, help="features only: a held-out test matrix (.npy/.csv)")
-    group.add_argument("--normal-classes", type=int, nargs="*", default=[],
-                       help="Fashion-MNIST classes 0-9 to train on (one-class anomaly models); default all")
+    group.add_argument("--normal-classes", nargs="*", default=[],
+                       help="the classes to train on (one-class anomaly models): Fashion-MNIST's 0-9, or an image "
+                            "folder's class folder names; the others are held out as labelled anomalies. Default all")
+    group.add_argument("--image-size", type=int, nargs=2, default=None, metavar=("H", "W"),
+                       help="image folders: the size every image is resized to (default: the most common size)")
+    group.add_argument("--channels", type=int, choices=[1, 3], default=None,
+                       help="image folders: 1 (grey) or 3 (RGB); default 3 if any image is in colour")
     group.add_argument("--val-fraction", type=float, default=1 / 12, help="share of training data held out for validation")
 
 
@@ -95,7 +102,8 @@ def add_commands(sub: Any) -> None:
                         help=f"artifacts folder the service loads (default {DEFAULT_ARTIFACTS}; not with --repository)")
     export.add_argument("--repository", type=Path, default=None,
                         help="model repository: write a new version to <repository>/<name>/<version>/")
-    export.add_argument("--name", default="fashion-mnist-vae", help="model name reported by the service")
+    export.add_argument("--name", default=None, help="model name reported by the service (default: the dataset's "
+                        "name + '-vae', e.g. fashion-mnist-vae)")
     export.add_argument("--version", default=None,
                         help="model version (default: the next integer in a repository, else a UTC timestamp)")
     export.add_argument("--quantize", choices=["int8"], default=None,
@@ -136,7 +144,14 @@ def _data_spec(args: argparse.Namespace) -> Any:
     from training.data import DataSpec
 
     if args.data == "fashion-mnist":
-        return DataSpec(kind="fashion-mnist", path=args.data_dir, classes=tuple(args.normal_classes),
+        try:
+            classes = tuple(int(c) for c in args.normal_classes)
+        except ValueError:
+            raise ValueError(f"--normal-classes: Fashion-MNIST classes are 0-9, got {args.normal_classes}") from None
+        return DataSpec(kind="fashion-mnist", path=args.data_dir, classes=classes, val_fraction=args.val_fraction)
+    if Path(args.data).is_dir():
+        return DataSpec(kind="images", path=args.data, class_names=tuple(args.normal_classes),
+                        image_size=tuple(args.image_size) if args.image_size else None, channels=args.channels,
                         val_fraction=args.val_fraction)
     return DataSpec(kind="features", path=args.data, test_path=args.test_data, val_fraction=args.val_fraction)
 
@@ -193,10 +208,11 @@ def _evaluate(args: argparse.Namespace) -> int:
     report = evaluate_model(model, test_x, iwae_k=args.iwae_k, iwae_examples=args.iwae_examples, binarized=binarized)
     report["test_binarized"] = bool(payload["train_config"].get("binarize"))
     report["training_precision"] = precision_record(payload)  # evaluation itself is float32 (training/nll.py)
-    if spec.classes and data.test_y is not None:
-        raw = data.test_x
-        scores = score_examples(model, raw, k=16)
-        anomalous = ~__import__("numpy").isin(data.test_y, list(spec.classes))
+    if (spec.classes or spec.kind == "images") and data.test_y is not None:
+        scores = score_examples(model, data.test_x, k=16)
+        # Fashion-MNIST: the test classes not trained on; an image folder: its labels (1 = anomaly).
+        anomalous = (~__import__("numpy").isin(data.test_y, list(spec.classes)) if spec.kind == "fashion-mnist"
+                     else data.test_y == 1)
         report["auroc"] = {name: auroc(scores[f"{name}_score"], anomalous) for name in ("elbo", "iwae")}
     out = args.out or args.checkpoint.parent / "evaluation.json"
     out.write_text(json.dumps(report, indent=2) + "\n")
@@ -218,6 +234,8 @@ def _export(args: argparse.Namespace) -> int:
     data = load_dataset(DataSpec.from_dict(payload["data_spec"]))
     evaluation = args.checkpoint.parent / "evaluation.json"
     metrics = json.loads(evaluation.read_text()) if evaluation.is_file() else {}
+    if args.name is None:  # the dataset's name, made a valid model name ("my photos" -> my-photos-vae)
+        args.name = re.sub(r"[^A-Za-z0-9_-]+", "-", data.name).strip("-_")[:120] + "-vae"
     if args.repository is not None:
         if args.out is not None:
             raise SystemExit("export: give --out or --repository, not both")

@@ -1,4 +1,5 @@
-"""Datasets: Fashion-MNIST from Debian's IDX files, and user feature matrices (.npy / .csv)."""
+"""Datasets: Fashion-MNIST from Debian's IDX files, image folders (training/images.py), and user
+feature matrices (.npy / .csv)."""
 
 from __future__ import annotations
 
@@ -23,19 +24,26 @@ INSTALL_HINT = "install it with `sudo apt-get install dataset-fashion-mnist` or 
 class DataSpec:
     """Which data to load; saved in checkpoints so evaluation and export rebuild the same splits."""
 
-    kind: str = "fashion-mnist"  # fashion-mnist | features
-    path: str | None = None  # Fashion-MNIST folder, or a .npy/.csv feature file
+    kind: str = "fashion-mnist"  # fashion-mnist | images | features
+    path: str | None = None  # Fashion-MNIST folder, an image folder, or a .npy/.csv feature file
     test_path: str | None = None  # features only: a held-out test matrix
     classes: tuple[int, ...] = ()  # fashion-mnist only: training classes kept (empty: all)
+    class_names: tuple[str, ...] = ()  # images only: the class folders that are normal (empty: all)
+    image_size: tuple[int, int] | None = None  # images only: (H, W); None: the most common size
+    channels: int | None = None  # images only: 1 or 3; None: 3 if any image is in colour
     val_fraction: float = 1 / 12
     seed: int = 0
 
     def to_dict(self) -> dict[str, object]:
-        return {**asdict(self), "classes": list(self.classes)}
+        return {**asdict(self), "classes": list(self.classes), "class_names": list(self.class_names),
+                "image_size": list(self.image_size) if self.image_size else None}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> DataSpec:
-        return cls(**{**data, "classes": tuple(data.get("classes", ()))})
+        size = data.get("image_size")
+        return cls(**{**data, "classes": tuple(data.get("classes", ())),
+                      "class_names": tuple(data.get("class_names", ())),
+                      "image_size": (int(size[0]), int(size[1])) if size else None})
 
 
 def load_dataset(spec: DataSpec) -> Dataset:
@@ -43,13 +51,17 @@ def load_dataset(spec: DataSpec) -> Dataset:
     if spec.kind == "fashion-mnist":
         data = load_fashion_mnist(Path(spec.path) if spec.path else FASHION_MNIST_DIR,
                                   classes=list(spec.classes), val_fraction=spec.val_fraction, seed=spec.seed)
+    elif spec.kind == "images":
+        if not spec.path:
+            raise DatasetError("an image dataset needs a folder")
+        data = load_images(spec)
     elif spec.kind == "features":
         if not spec.path:
             raise DatasetError("a features dataset needs a path to a .npy or .csv file")
         data = load_tabular(Path(spec.path), test_path=Path(spec.test_path) if spec.test_path else None,
                             val_fraction=spec.val_fraction, seed=spec.seed)
     else:
-        raise DatasetError(f"unknown dataset kind {spec.kind!r}: use fashion-mnist or features")
+        raise DatasetError(f"unknown dataset kind {spec.kind!r}: use fashion-mnist, images or features")
     data.spec = spec
     return data
 
@@ -138,6 +150,31 @@ def load_fashion_mnist(
         val_x=train_x[val_idx], val_y=train_y[val_idx],
         test_x=test_x, test_y=test_y,
         info={"source": str(directory), "classes": classes or list(range(10)), "class_names": FASHION_MNIST_CLASSES},
+    )
+
+
+def load_images(spec: DataSpec) -> Dataset:
+    """An image folder (training/images.py) as pixels in [0, 1]: the normal images split into train
+    and validation; the test split holds the labelled ones (test_y: 1 = anomaly), or, for a flat
+    folder, the validation images."""
+    from training.images import ImageFolderError, load_image_folder
+
+    root = Path(spec.path or "")
+    try:
+        images = load_image_folder(root, normal_classes=list(spec.class_names), channels=spec.channels,
+                                   size=spec.image_size)
+    except ImageFolderError as exc:
+        raise DatasetError(str(exc)) from None
+    pixels = images.train.reshape(len(images.train), -1).astype(np.float32) / 255.0  # (N, C*H*W) in CHW order
+    train_idx, val_idx = split_indices(len(pixels), val_fraction=spec.val_fraction, seed=spec.seed)
+    test_x = images.test.reshape(len(images.test), -1).astype(np.float32) / 255.0
+    has_test = len(test_x) > 0
+    return Dataset(
+        name=root.resolve().name or "images", input_shape=tuple(images.train.shape[1:]),
+        train_x=pixels[train_idx], val_x=pixels[val_idx], test_x=test_x if has_test else pixels[val_idx],
+        test_y=images.test_labels if has_test else None,
+        info={"source": str(root), "layout": images.layout, "files": images.classes, "skipped": len(images.skipped),
+              "test": "labelled (test_y: 1 = anomaly)" if has_test else "the validation split (no labelled test)"},
     )
 
 

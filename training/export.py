@@ -318,7 +318,10 @@ def export_model(model: VAE, payload: dict[str, Any], out_dir: Path, *, train_x:
 def _input_spec(shape: tuple[int, ...], *, is_image: bool, standardization: dict[str, Any] | None) -> dict[str, Any]:
     spec: dict[str, Any] = {"shape": list(shape), "dtype": "float32", "features": int(np.prod(shape))}
     if is_image:
-        spec.update(range=[0.0, 1.0], preprocessing="pixels scaled to [0, 1]; PNG accepted (grayscale, resized)")
+        colour = "RGB" if shape[0] == 3 else "grayscale"
+        spec.update(range=[0.0, 1.0], layout="CHW", formats=["PNG", "JPEG"],
+                    preprocessing=f"pixels scaled to [0, 1], channels first; PNG or JPEG accepted ({colour}, "
+                                  f"resized to {shape[1]}x{shape[2]})")
     else:
         spec.update(range=None, preprocessing="standardized inside the graphs with the training statistics",
                     standardization=standardization)

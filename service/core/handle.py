@@ -67,7 +67,18 @@ class ModelHandle:
         return out
 
     async def decode(self, z: np.ndarray, *, work: Work | None = None) -> np.ndarray:
-        return (await self.batchers["decoder"].submit({"z": z.astype(np.float32, copy=False)}, member=work))["x_mean"]
+        out = await self.batchers["decoder"].submit({"z": z.astype(np.float32, copy=False)}, member=work)
+        return self.in_range(out["x_mean"])
+
+    def in_range(self, x_mean: np.ndarray) -> np.ndarray:
+        """Decoded items within the input's range: a Gaussian image model's mean can leave [0, 1] a
+        little, and what /sample and /reconstruct answer must be an item the model accepts back."""
+        if self.spec.value_range is None:
+            return x_mean
+        low, high = self.spec.value_range
+        if x_mean.min() >= low and x_mean.max() <= high:  # Bernoulli means always are
+            return x_mean
+        return np.clip(x_mean, low, high)
 
     async def reconstruct(self, x: np.ndarray, *, work: Work | None = None) -> np.ndarray:
         """Decoder mean at the posterior mean: deterministic."""
@@ -88,7 +99,7 @@ class ModelHandle:
         u = rng.random(n, dtype=np.float32)  # (n,) in [0, 1)
         noise = rng.standard_normal((n, self.latent_dim), dtype=np.float32) * np.float32(temperature)
         out = await self.batchers["sampler"].submit({"u": u, "noise": noise}, member=work)
-        return out["z"], out["x_mean"]
+        return out["z"], self.in_range(out["x_mean"])
 
     async def interpolate(self, z_start: np.ndarray, z_end: np.ndarray, *, steps: int, method: str,
                           work: Work | None = None) -> tuple[np.ndarray, np.ndarray]:

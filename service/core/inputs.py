@@ -19,8 +19,8 @@ from service.core.errors import InvalidInput, PayloadTooLarge
 
 Layout = Literal["flat", "nested", "png", "npy"]
 # Images are opened as these formats only, never by Pillow's autodetection: an EPS body would reach
-# Ghostscript (a remote-code-execution path where it is installed), and the API says PNG.
-IMAGE_FORMATS = ("PNG",)
+# Ghostscript (a remote-code-execution path where it is installed), and the API says PNG or JPEG.
+IMAGE_FORMATS = ("PNG", "JPEG")
 # Decoding is bounded before it starts, from each image's header: an item may decode to at most
 # ITEM_PIXEL_FACTOR times the model's pixels (at least MIN_ITEM_PIXELS), and a request to at most
 # REQUEST_PIXEL_FACTOR times the pixels of its items at the model's size (at least MIN_REQUEST_PIXELS).
@@ -125,22 +125,36 @@ def format_items(values: np.ndarray, *, layout: Layout, spec: InputSpec) -> list
     return values.tolist()
 
 
-def encode_png(row: np.ndarray, *, spec: InputSpec) -> str:
-    """One image item as base64 PNG (grayscale)."""
+def to_pixels(rows: np.ndarray, *, spec: InputSpec) -> np.ndarray:
+    """Items (N, F) in [0, 1], channels first, as uint8 images (N, H, W) or (N, H, W, 3)."""
+    channels, height, width = (spec.shape[0], spec.shape[-2], spec.shape[-1]) if len(spec.shape) == 3 else (
+        1, spec.shape[-2], spec.shape[-1])
+    pixels = (np.clip(rows, 0, 1) * 255).round().astype(np.uint8).reshape(len(rows), channels, height, width)
+    return pixels[:, 0] if channels == 1 else pixels.transpose(0, 2, 3, 1)
+
+
+def png_bytes(pixels: np.ndarray) -> bytes:
+    """One uint8 image, (H, W) grey or (H, W, 3) RGB, as PNG."""
     from PIL import Image
 
-    height, width = spec.shape[-2], spec.shape[-1]
-    pixels = (np.clip(row.reshape(height, width), 0, 1) * 255).round().astype(np.uint8)
     buffer = io.BytesIO()
-    Image.fromarray(pixels, mode="L").save(buffer, format="PNG")
-    return base64.b64encode(buffer.getvalue()).decode("ascii")
+    Image.fromarray(pixels, mode="L" if pixels.ndim == 2 else "RGB").save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def encode_png(row: np.ndarray, *, spec: InputSpec) -> str:
+    """One image item as base64 PNG (grey or RGB, as the model is)."""
+    return base64.b64encode(png_bytes(to_pixels(row[None], spec=spec)[0])).decode("ascii")
 
 
 def heatmap_png(feature_nll: np.ndarray, *, spec: InputSpec) -> str:
-    """Per-pixel NLL scaled to 0..1 by its own maximum, as a grayscale base64 PNG."""
+    """Per-pixel NLL (summed over a colour model's channels) scaled to 0..1 by its own maximum, as a
+    grey base64 PNG."""
     values = np.clip(np.asarray(feature_nll, dtype=np.float64), 0, None)
-    top = values.max()
-    return encode_png((values / top) if top > 0 else values, spec=spec)
+    per_pixel = values.reshape(-1, spec.shape[-2], spec.shape[-1]).sum(0)  # (H, W)
+    top = per_pixel.max()
+    pixels = (np.clip(per_pixel / top if top > 0 else per_pixel, 0, 1) * 255).round().astype(np.uint8)
+    return base64.b64encode(png_bytes(pixels)).decode("ascii")
 
 
 def is_image_list(value: Any) -> bool:
@@ -164,27 +178,29 @@ def _parse_pngs(value: list[Any], *, field: str, spec: InputSpec) -> np.ndarray:
             raw = base64.b64decode(item.split(",", 1)[-1], validate=True)  # a data: URL prefix is allowed
             opened = Image.open(io.BytesIO(raw), formats=IMAGE_FORMATS)  # reads the header only
         except (binascii.Error, ValueError, OSError, SyntaxError) as exc:
-            raise InvalidInput(f"{field}[{i}]: not a valid base64-encoded PNG image: {_reason(exc)}") from None
-        pixels = opened.size[0] * opened.size[1]
-        if pixels > item_limit:
+            raise InvalidInput(f"{field}[{i}]: not a valid base64-encoded PNG or JPEG image: {_reason(exc)}") from None
+        area = opened.size[0] * opened.size[1]
+        if area > item_limit:
             raise PayloadTooLarge(f"{field}[{i}]: a {opened.size[0]}x{opened.size[1]} image is larger than this "
                                   f"{width}x{height} model accepts ({item_limit} pixels at most); resize it first")
-        budget -= pixels
+        budget -= area
         if budget < 0:
             raise PayloadTooLarge(f"{field}: the images of this request hold more pixels than it may decode "
                                   f"({max(MIN_REQUEST_PIXELS, REQUEST_PIXEL_FACTOR * height * width * len(value))} "
                                   "in all); send smaller images or fewer per request")
         images.append(opened)
+    colour = len(spec.shape) == 3 and spec.shape[0] == 3
     rows = np.empty((len(value), spec.features), dtype=np.float32)
     for i, opened in enumerate(images):
         try:
-            with opened:
-                gray = opened.convert("L")
-                if gray.size != (width, height):
-                    gray = gray.resize((width, height), Image.Resampling.BILINEAR)
-                rows[i] = np.asarray(gray, dtype=np.float32).reshape(-1) / 255.0
+            with opened:  # grey or RGB as the model is, whatever the file is
+                image = opened.convert("RGB" if colour else "L")
+                if image.size != (width, height):
+                    image = image.resize((width, height), Image.Resampling.BILINEAR)
+                pixels = np.asarray(image, dtype=np.float32)  # (H, W) or (H, W, 3)
+                rows[i] = (pixels.transpose(2, 0, 1) if colour else pixels).reshape(-1) / 255.0  # channels first
         except (ValueError, OSError, SyntaxError) as exc:  # a header that promised more than the data holds
-            raise InvalidInput(f"{field}[{i}]: not a valid PNG image: {_reason(exc)}") from None
+            raise InvalidInput(f"{field}[{i}]: not a valid image: {_reason(exc)}") from None
     return rows
 
 

@@ -40,10 +40,20 @@ def test_conv_decoder_folds_any_leading_axes_and_restores_them() -> None:
         torch.testing.assert_close(batched[1], decoder(z[1]))  # folding mixes no rows
 
 
-@pytest.mark.parametrize("shape", [(784,), (1, 30, 30)])
+@pytest.mark.parametrize("shape", [(784,), (1, 3, 30)])
 def test_conv_refuses_inputs_that_are_not_images_it_can_halve_twice(shape: tuple[int, ...]) -> None:
     with pytest.raises(ValueError, match="conv"):
         VAEConfig(input_shape=shape, architecture="conv")
+
+
+@pytest.mark.parametrize("shape", [(1, 30, 30), (3, 32, 32), (3, 27, 45), (1, 5, 7)])
+def test_conv_takes_images_of_any_size_and_gives_them_back_at_that_size(shape: tuple[int, ...]) -> None:
+    """Odd sides lose a pixel to each halving; the transposed convolutions' output_padding returns it."""
+    from model.vae import VAE
+
+    vae = VAE(VAEConfig(input_shape=shape, architecture="conv", hidden_sizes=(16,), latent_dim=3))
+    x = torch.rand(2, vae.config.input_dim)
+    assert vae.reconstruct(x).shape == x.shape and vae.encoder(x)[0].shape == (2, 3)
 
 
 def test_configs_saved_before_architecture_existed_load_as_mlp() -> None:

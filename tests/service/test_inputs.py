@@ -50,8 +50,8 @@ BAD_ITEMS = [
     ([[0.5] * 783 + [1e300]], "inputs[0]: contains NaN, infinite or out-of-float32-range"),
     ([[0.5] * 784, [0.5] * 783 + [1.5]], "inputs[1]: values must be in [0, 1]"),
     ([[-0.1] * 784], "inputs[0]: values must be in [0, 1]"),
-    (["bm90IGEgcG5n"], "inputs[0]: not a valid base64-encoded image"),
-    (["%%%"], "inputs[0]: not a valid base64-encoded image"),
+    (["bm90IGEgcG5n"], "inputs[0]: not a valid base64-encoded PNG or JPEG image"),
+    (["%%%"], "inputs[0]: not a valid base64-encoded PNG or JPEG image"),
     ([{"a": 1}], "every value must be a number"),
 ]
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import io
 from typing import Any
 
 import numpy as np
@@ -17,7 +16,16 @@ from model.conformal import benjamini_hochberg
 from model.contract import score_output
 from service.core.errors import InvalidInput, NotAcceptable, PayloadTooLarge
 from service.core.handle import ModelHandle
-from service.core.inputs import format_items, heatmap_png, is_image_list, parse_items, parse_latents
+from service.core.inputs import (
+    InputSpec,
+    format_items,
+    heatmap_png,
+    is_image_list,
+    parse_items,
+    parse_latents,
+    png_bytes,
+    to_pixels,
+)
 from service.core.npy import npy_bytes
 from service.http import schemas
 from service.http.body import NPY, read_request, unless_disconnected, validate_options, wants_npy
@@ -119,7 +127,7 @@ async def sample(request: Request) -> Response:
             request, handle.sample(n=options.n, seed=options.seed, temperature=options.temperature, work=work),
             size=options.n)
     if wants_png:
-        return Response(_png_grid(samples, shape=handle.spec.shape), media_type="image/png",
+        return Response(_png_grid(samples, spec=handle.spec), media_type="image/png",
                         headers={"X-Model-Name": handle.ref["name"], "X-Model-Version": handle.ref["version"]})
     return answer(request, {"model": handle.ref, "samples": samples, "latents": z}, npy=samples)
 
@@ -206,20 +214,17 @@ async def anomaly_score(request: Request) -> Response:
                             "p_value_cutoff": cutoff, "results": results}, npy=scores)
 
 
-def _png_grid(samples: np.ndarray, *, shape: tuple[int, ...]) -> bytes:
-    from PIL import Image
-
-    height, width = shape[-2], shape[-1]
-    n = len(samples)
+def _png_grid(samples: np.ndarray, *, spec: InputSpec) -> bytes:
+    """Samples as one PNG grid, grey or colour as the model is."""
+    images = to_pixels(samples, spec=spec)  # (N, H, W) or (N, H, W, 3)
+    n, height, width = images.shape[:3]
     cols = int(np.ceil(np.sqrt(n)))
     rows = int(np.ceil(n / cols))
-    grid = np.zeros((rows * height, cols * width), dtype=np.uint8)
-    for i, row in enumerate(samples):
+    grid = np.zeros((rows * height, cols * width, *images.shape[3:]), dtype=np.uint8)
+    for i, image in enumerate(images):
         r, c = divmod(i, cols)
-        grid[r * height:(r + 1) * height, c * width:(c + 1) * width] = (np.clip(row, 0, 1) * 255).reshape(height, width)
-    buffer = io.BytesIO()
-    Image.fromarray(grid, mode="L").save(buffer, format="PNG")
-    return buffer.getvalue()
+        grid[r * height:(r + 1) * height, c * width:(c + 1) * width] = image
+    return png_bytes(grid)
 
 
 # The routes the fast lane (service/http/middleware/fastlane.py) dispatches to directly, also under MODEL_PREFIXES.

@@ -1,6 +1,6 @@
 // The page: samples, scoring, interpolation and traversals, all through the public API.
 import { api, ApiError, apiKey, modelParam, setApiKey, useModel } from "./api.js";
-import { canvas, drawHeatmap, drawItem, drawPixels } from "./draw.js";
+import { canvas, channels, drawHeatmap, drawItem, drawPixels, hw } from "./draw.js";
 import { renderCard, startLive } from "./card.js";
 
 const $ = (id) => document.getElementById(id);
@@ -113,8 +113,10 @@ async function randomExample() {
 
 // The input as drawn, back to pixels: for derived examples such as the inverse of an upload.
 function inputPixels() {
-  const { data } = $("input-view").getContext("2d").getImageData(0, 0, state.shape[1], state.shape[0]);
-  return Array.from({ length: data.length / 4 }, (_, i) => data[4 * i] / 255);
+  const [h, w] = hw(state.shape);
+  const { data } = $("input-view").getContext("2d").getImageData(0, 0, w, h);
+  const plane = h * w;
+  return Array.from({ length: channels(state.shape) * plane }, (_, j) => data[4 * (j % plane) + Math.floor(j / plane)] / 255);
 }
 
 async function setEnd(which) {
@@ -179,7 +181,7 @@ function wire() {
   submit("traverse-form", traverse);
   $("new-seed").addEventListener("click", () => { $("seed").value = Math.floor(Math.random() * 1e6); drawSamples(); });
   $("random-example").addEventListener("click", randomExample);
-  $("noise-example").addEventListener("click", () => select(Array.from({ length: state.shape[0] * state.shape[1] }, Math.random), "uniform noise"));
+  $("noise-example").addEventListener("click", () => select(Array.from({ length: channels(state.shape) * hw(state.shape)[0] * hw(state.shape)[1] }, Math.random), "uniform noise"));
   $("invert-example").addEventListener("click", () => {
     if (!state.current) return;
     const pixels = typeof state.current.item === "string" ? inputPixels() : state.current.item;
@@ -237,7 +239,7 @@ async function boot() {
     }
   }
   const card = state.card;
-  state.shape = card.input.shape.slice(-2);
+  state.shape = card.input.shape;
   $("model-name").textContent = `${card.model.name} v${card.model.version}`;
   $("status").textContent = `ready · ${card.backend} on ${card.device}`;
   $("status").className = "pill good";

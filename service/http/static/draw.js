@@ -1,19 +1,29 @@
-// Pixels onto canvases: grayscale images (flat [0, 1] arrays or base64 PNGs) and heatmaps.
+// Pixels onto canvases: grey or colour images (flat [0, 1] arrays, channels first, or base64 PNGs)
+// and heatmaps. A shape is the model's input shape: [C, H, W] (or [H, W]).
 
 // A perceptually ordered dark-to-bright ramp (after matplotlib's "magma"), so "hot" reads as "bad".
 const RAMP = [[0, 0, 4], [59, 15, 112], [140, 41, 129], [222, 73, 104], [254, 159, 109], [252, 253, 191]];
 
+// [H, W] and the number of channels of an input shape.
+export function hw(shape) {
+  return shape.slice(-2);
+}
+
+export function channels(shape) {
+  return shape.length === 3 ? shape[0] : 1;
+}
+
 export function canvas(shape, label) {
   const el = document.createElement("canvas");
-  [el.height, el.width] = shape;
+  [el.height, el.width] = hw(shape);
   el.setAttribute("role", "img");
   el.setAttribute("aria-label", label);
   return el;
 }
 
 function put(el, shape, rgbAt) {
-  const [h, w] = shape;
-  [el.height, el.width] = shape;
+  const [h, w] = hw(shape);
+  [el.height, el.width] = [h, w];
   const image = el.getContext("2d").createImageData(w, h);
   for (let i = 0; i < h * w; i++) {
     image.data.set([...rgbAt(i), 255], 4 * i);
@@ -21,11 +31,14 @@ function put(el, shape, rgbAt) {
   el.getContext("2d").putImageData(image, 0, 0);
 }
 
+const byte = (v) => Math.round(255 * Math.min(1, Math.max(0, v)));
+
 export function drawPixels(el, pixels, shape) {
-  put(el, shape, (i) => {
-    const v = Math.round(255 * Math.min(1, Math.max(0, pixels[i])));
-    return [v, v, v];
-  });
+  const [h, w] = hw(shape);
+  const plane = h * w;
+  put(el, shape, (i) => (channels(shape) === 3
+    ? [byte(pixels[i]), byte(pixels[plane + i]), byte(pixels[2 * plane + i])]
+    : [byte(pixels[i]), byte(pixels[i]), byte(pixels[i])]));
 }
 
 export function rampColor(t) {
@@ -34,10 +47,18 @@ export function rampColor(t) {
   return RAMP[i].map((c, k) => Math.round(c + (RAMP[i + 1][k] - c) * (x - i)));
 }
 
-// Per-pixel values scaled to [0, max]; returns max so the legend can name it.
+// Per-pixel values (summed over a colour model's channels) scaled to [0, max]; returns max so the
+// legend can name it.
 export function drawHeatmap(el, values, shape) {
-  const max = Math.max(...values, 1e-12);
-  put(el, shape, (i) => rampColor(values[i] / max));
+  const [h, w] = hw(shape);
+  const plane = h * w;
+  const perPixel = Array.from({ length: plane }, (_, i) => {
+    let sum = 0;
+    for (let c = 0; c < channels(shape); c++) sum += values[c * plane + i];
+    return sum;
+  });
+  const max = Math.max(...perPixel, 1e-12);
+  put(el, shape, (i) => rampColor(perPixel[i] / max));
   return max;
 }
 
@@ -57,7 +78,7 @@ export async function drawItem(el, item, shape) {
     return;
   }
   const img = await loadImage(item.startsWith("data:") ? item : `data:image/png;base64,${item}`);
-  [el.height, el.width] = shape;
+  [el.height, el.width] = hw(shape);
   const ctx = el.getContext("2d");
   ctx.fillStyle = "#000";
   ctx.fillRect(0, 0, el.width, el.height);
