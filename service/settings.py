@@ -52,6 +52,12 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(32 * 1024 * 1024, ge=1024, description="request body size before 413")
     body_read_timeout_s: float = Field(10.0, gt=0, description="a request body not fully received this long after "
                                                                "its reading starts gets 408 (slow or stalled clients)")
+    max_header_bytes: int = Field(64 * 1024, ge=8192, description="request line and headers of one request before "
+                                  "431 and close (uvicorn; Granian: its read buffer, docs/operations.md)")
+    header_timeout_s: float = Field(10.0, gt=0, description="a request head (line and headers) not complete this "
+                                    "long after its first byte gets 408 and the connection closes (slow clients)")
+    keep_alive_timeout_s: float = Field(5.0, gt=0, description="an idle connection (no request begun: after an "
+                                        "answer, or since it opened) closes after this")
     max_mc_samples: int = Field(1024, ge=1, description="upper bound for mc_samples in /anomaly-score")
     max_sample_n: int = Field(1024, ge=1, description="upper bound for n in /sample")
     intra_op_threads: int = Field(0, ge=0, description="ONNX Runtime / torch threads per graph (0: 1 with a model_repository, else the library default)")

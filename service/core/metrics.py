@@ -43,6 +43,8 @@ class Metrics:
         self.queue_depth = Gauge("vaeserve_queue_depth_items", "Items waiting in a batcher queue", graph_labels, registry=r,
                                  multiprocess_mode="livesum")
         self.rejections = Counter("vaeserve_rejections_total", "Requests refused, by reason", ["reason"], registry=r)
+        self.accept_errors = Counter("vaeserve_accept_errors_total", "Failed accept() calls, by errno (EMFILE: out of "
+                                     "descriptors)", ["reason"], registry=r)
         self.client_disconnects = Counter("vaeserve_client_disconnects_total", "Requests whose client went away "
                                           "before the answer (status 499 in vaeserve_requests_total; not errors)",
                                           registry=r)

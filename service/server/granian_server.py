@@ -7,8 +7,10 @@ readiness 503 and `Connection: close` on every answer from the first signal, the
 `shutdown_grace_s` once the connections the kernel queued are accepted, then the lifespan drains.
 What Granian does not give (docs/operations.md): the arrival stamp of connections.HttpProtocol (so
 the admission rule for requests that waited too long before being read does not apply; the
-in-flight bound does), and the short idle timeout for keep-alive connections once draining
-(Granian closes idle connections when it stops).
+in-flight bound does), the short idle timeout for keep-alive connections once draining
+(Granian closes idle connections when it stops), a 408 for a head too slow (hyper closes the connection
+without an answer, and one timeout bounds both the head and an idle connection), and a counter and
+one warning a minute when descriptors run out (Granian logs each failed accept, a few a second).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from typing import Any
 
 from fastapi import FastAPI
 from granian.constants import HTTPModes, Interfaces
+from granian.http import HTTP1Settings
 from granian.log import LogLevels
 from granian.net import SocketSpec
 from granian.server.embed import Server
@@ -86,8 +89,14 @@ async def _serve(app: FastAPI, settings: Settings) -> signal.Signals | None:
     # Granian still holds the connections whose answers they produce (Granian ends its worker only
     # after every request in progress has finished).
     draining = _Draining(app)
+    # hyper's read buffer bounds the head (431 past it; bodies stream through it). Its header read timeout
+    # runs from when the connection waits for a head (opened, or after an answer) and closes it without
+    # an answer: it is the idle timeout too, so it takes the smaller of the two (whole ms, at most 60 s).
+    head_timeout_s = min(settings.header_timeout_s, settings.keep_alive_timeout_s)
+    http1 = HTTP1Settings(header_read_timeout=min(60_000, max(1, round(head_timeout_s * 1000))),
+                          max_buffer_size=settings.max_header_bytes)
     server = _Server(draining, address=settings.host, port=settings.port, interface=Interfaces.ASGINL,
-                     http=HTTPModes.http1, websockets=False, log_access=False,
+                     http=HTTPModes.http1, http1_settings=http1, websockets=False, log_access=False,
                      log_level=LogLevels(settings.log_level.lower()))
     loop = asyncio.get_running_loop()
     signalled: dict[str, Any] = {}

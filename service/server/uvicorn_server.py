@@ -3,6 +3,7 @@ of them (service.server.workers), graceful on SIGTERM."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import signal
@@ -16,7 +17,8 @@ from fastapi import FastAPI
 
 from service.http.app import create_app
 from service.http.requests import configure_logging
-from service.server.connections import HttpProtocol, answer_the_backlog
+from service.server.accept_errors import AcceptErrors
+from service.server.connections import answer_the_backlog, protocol_for
 from service.settings import Settings
 
 log = logging.getLogger("vaeserve.shutdown")
@@ -65,6 +67,11 @@ class GracefulServer(uvicorn.Server):
             super().handle_exit(self._signal, None)
         return await super().on_tick(counter)
 
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        # Out of descriptors: a warning a minute and a counter, not a traceback per failed accept.
+        asyncio.get_running_loop().set_exception_handler(AcceptErrors(self.app.state.metrics.accept_errors))
+        await super().startup(sockets)
+
     async def shutdown(self, sockets: Any = None) -> None:
         self.server_state.draining = True  # type: ignore[attr-defined]
         queued = await answer_the_backlog(self.servers)
@@ -100,8 +107,11 @@ def serve_one(settings: Settings, *, reuse_port: bool = False) -> int:
     # load an iteration took ~75 ms, so new connections waited seconds in the accept queue (a p99 of 3-4 s
     # at 1,000 connections, with timeouts), where no admission rule can see them. asyncio accepts up to the
     # backlog at once; at 64 connections it served as much (2,046 vs 1,868 req/s, wrk -d5s each).
+    # The protocol bounds each request head (max_header_bytes, header_timeout_s) and idle connections
+    # (keep_alive_timeout_s: it replaces uvicorn's timeout_keep_alive, whole seconds).
+    protocol = protocol_for(settings, refusals=app.state.metrics.rejections)
     config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level=settings.log_level,
-                            access_log=False, workers=1, http=HttpProtocol, loop="asyncio",
+                            access_log=False, workers=1, http=protocol, loop="asyncio",
                             timeout_graceful_shutdown=math.ceil(settings.shutdown_drain_timeout_s))
     server = GracefulServer(config, app=app, grace_s=settings.shutdown_grace_s)
     server.run(sockets=[reuse_port_socket(settings.host, settings.port)] if reuse_port else None)
