@@ -36,26 +36,25 @@ from harness.servers import ServerProcess, start_server  # noqa: E402
 
 ITEM = json.dumps({"inputs": [[0.5] * 784], "mc_samples": 1}).encode()
 WRK_TALLY = """
-local statuses, missing = {}, 0
+ok, busy, quota, other, missing = 0, 0, 0, 0, 0
 function response(status, headers, body)
-  statuses[status] = (statuses[status] or 0) + 1
+  if status == 200 then ok = ok + 1 elseif status == 503 then busy = busy + 1
+  elseif status == 429 then quota = quota + 1 else other = other + 1 end
   if (status == 503 or status == 429) and headers["Retry-After"] == nil and headers["retry-after"] == nil then
     missing = missing + 1
   end
 end
-function done(summary, latency, requests)
-  local parts = {}
-  for _, thread in ipairs(threads) do
-    for status, n in pairs(thread:get("statuses")) do parts[#parts + 1] = status .. "=" .. n end
-    parts[#parts + 1] = "missing_retry_after=" .. thread:get("missing")
-  end
-  io.write("TALLY " .. table.concat(parts, " ") .. "\\n")
-end
 threads = {}
 function setup(thread) table.insert(threads, thread) end
+function done(summary, latency, requests)
+  for _, t in ipairs(threads) do
+    io.write(string.format("TALLY 200=%d 503=%d 429=%d other=%d without_retry_after=%d\\n",
+      t:get("ok"), t:get("busy"), t:get("quota"), t:get("other"), t:get("missing")))
+  end
+end
 wrk.method = "POST"
 wrk.headers["Content-Type"] = "application/json"
-wrk.body = '%s'
+wrk.body = 'ITEM_BODY'
 """
 
 
@@ -142,7 +141,7 @@ def overload(server: ServerProcess, connections: int = 1000, duration_s: int = 1
     if shutil.which("wrk") is None:
         return "overload: skipped (wrk is not installed)"
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
-        script.write(WRK_TALLY % ITEM.decode())
+        script.write(WRK_TALLY.replace("ITEM_BODY", ITEM.decode()))
     result = subprocess.run(["wrk", "-t1", f"-c{connections}", f"-d{duration_s}s", "--timeout", "30s", "-s",
                              script.name, server.url + "/anomaly-score"], capture_output=True, text=True)
     tally = next((line for line in result.stdout.splitlines() if line.startswith("TALLY")), result.stdout[-500:])
