@@ -7,6 +7,7 @@ PIP := $(VENV)/bin/pip
 VAESERVE := $(VENV)/bin/vaeserve
 RUN_DIR ?= runs/default
 ARTIFACTS ?= artifacts
+MODELS ?= models
 FASHION_MNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 # Debian packages the tests use as real peers (load balancer, Prometheus, load generator, browser,
 # envsubst for the nginx template).
@@ -50,8 +51,11 @@ export: $(ARTIFACTS)/manifest.json
 serve: export
 	$(VAESERVE) serve --artifacts $(ARTIFACTS)
 
-# Train the default model if none is there, export it, and serve it on 127.0.0.1:8000.
-run: serve
+# Serve on 127.0.0.1:8000 within minutes: a small first model at once, the full recipe (TRAIN_ARGS) hot-swapped
+# in when it is trained (deploy/run-default.sh; the one-model repository $(MODELS)).
+run: venv dataset
+	VAESERVE=$(VAESERVE) MODELS=$(MODELS) RUN_DIR=$(RUN_DIR) TRAIN_ARGS="$(TRAIN_ARGS)" EVAL_ARGS="$(EVAL_ARGS)" \
+	  deploy/run-default.sh
 
 test-debs:
 	@missing=""; for p in $(TEST_DEBS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
@@ -73,4 +77,4 @@ bench: export
 	$(PY) benchmarks/train_speed.py
 
 clean:
-	rm -rf $(VENV) runs artifacts test-artifacts
+	rm -rf $(VENV) runs artifacts models test-artifacts

@@ -152,6 +152,9 @@ def train(
         record = _epoch_record(evaluated, val_x, cfg, epoch, step, sums / max(seen, 1), seen, seconds, device)
         history.append(record)
         if rank == 0:
+            # The time left at the pace of the epochs so far: a log file shows progress too, not only tqdm.
+            record["eta_s"] = round(sum(r["seconds"] for r in history) / len(history)
+                                    * (min(cfg.epochs, -(-total_steps // n_batches)) - epoch), 1)
             _report(record, history[-2] if len(history) > 1 else None, metrics_file)
             save_checkpoint(last_path, model=evaluated, extra={**extra, "epoch": epoch, "val_neg_elbo": record["val_neg_elbo"]})
             if record["val_neg_elbo"] < best_val:
@@ -247,11 +250,16 @@ def _epoch_record(model: VAE, val_x: np.ndarray, cfg: TrainConfig, epoch: int, s
     }
 
 
+def _duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.0f} min"
+
+
 def _report(record: dict[str, Any], previous: dict[str, Any] | None, metrics_file: Any) -> None:
     latent_dim = len(record["kl_per_dim"])
-    log.info("epoch %3d | loss %.2f | recon %.2f | kl %.2f | val -elbo %.2f | active %d/%d | %.1fs | %.0f ex/s",
-             record["epoch"], record["loss"], record["reconstruction_nll"], record["kl"], record["val_neg_elbo"],
-             record["active_units"], latent_dim, record["seconds"], record["examples_per_s"])
+    log.info("epoch %3d | loss %.2f | recon %.2f | kl %.2f | val -elbo %.2f | active %d/%d | %.1fs | %.0f ex/s | "
+             "about %s left", record["epoch"], record["loss"], record["reconstruction_nll"], record["kl"],
+             record["val_neg_elbo"], record["active_units"], latent_dim, record["seconds"], record["examples_per_s"],
+             _duration(record.get("eta_s", 0.0)))
     # Said when the set changes, not every epoch: a model that settles on 16 of 32 dimensions is not
     # news 56 times. The one warning is the summary at the end (_collapse_summary).
     collapsed = record["collapsed_dims"]
