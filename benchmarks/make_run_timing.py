@@ -43,7 +43,7 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="make-run-"))
     port = free_port()
     env = {**os.environ, "VAESERVE": str(REPO / ".venv" / "bin" / "vaeserve"), "VAESERVE_PORT": str(port),
-           "MODELS": str(work / "models"), "RUN_DIR": str(work / "full"), "QUICK_RUN_DIR": str(work / "first"),
+           "MODELS": str(work / "models"), "ARTIFACTS": str(work / "artifacts"), "RUN_DIR": str(work / "full"), "QUICK_RUN_DIR": str(work / "first"),
            "TRAIN_ARGS": args.train_args, "EVAL_ARGS": args.eval_args}
     started = time.monotonic()
     script = subprocess.Popen([str(REPO / "deploy" / "run-default.sh")], cwd=REPO, env=env, start_new_session=True,

@@ -20,10 +20,16 @@ QUICK_RUN_DIR=${QUICK_RUN_DIR:-runs/first}
 QUICK_TRAIN_ARGS=${QUICK_TRAIN_ARGS:---epochs 3 --hidden 512 512 --latent-dim 20}
 TRAIN_ARGS=${TRAIN_ARGS:-}
 EVAL_ARGS=${EVAL_ARGS:---iwae-examples 1000}
+ARTIFACTS=${ARTIFACTS:-artifacts}  # a link to the newest version, for `vaeserve score --artifacts artifacts`
 FULL_DONE="$MODELS/$MODEL_NAME/.full-recipe-exported"  # written after the full model's export
 
 say() { printf '[make run %s] %s\n' "$(date +%H:%M:%S)" "$*"; }
 versions() { find "$MODELS/$MODEL_NAME" -mindepth 2 -maxdepth 2 -name manifest.json 2>/dev/null | wc -l; }
+link_newest() {  # never over a real folder (an artifacts/ of an earlier make run stays as it was)
+  local newest
+  newest=$(find "$MODELS/$MODEL_NAME" -mindepth 1 -maxdepth 1 -type d -regex '.*/[0-9]+' | sort -t/ -k1 -V | tail -1)
+  if [ -n "$newest" ] && { [ -L "$ARTIFACTS" ] || [ ! -e "$ARTIFACTS" ]; }; then ln -sfn "$(realpath "$newest")" "$ARTIFACTS"; fi
+}
 started=$(date +%s)
 
 if [ "$(versions)" -eq 0 ]; then
@@ -34,6 +40,7 @@ if [ "$(versions)" -eq 0 ]; then
     --version 1 >/dev/null
   say "first model exported in $(( $(date +%s) - started )) s"
 fi
+link_newest
 
 "$VAESERVE" serve --repository "$MODELS" &
 server=$!
@@ -56,7 +63,7 @@ if [ ! -f "$FULL_DONE" ]; then
     "$VAESERVE" train --out "$RUN_DIR" $TRAIN_ARGS \
       && "$VAESERVE" evaluate --checkpoint "$RUN_DIR/best.pt" $EVAL_ARGS \
       && "$VAESERVE" export --checkpoint "$RUN_DIR/best.pt" --repository "$MODELS" --name "$MODEL_NAME" \
-      && touch "$FULL_DONE" \
+      && touch "$FULL_DONE" && link_newest \
       && kill -HUP "$server" \
       && echo "[make run] the full model is exported and loading: $(( $(date +%s) - started )) s after make run started"
   ) >"$RUN_DIR/make-run.log" 2>&1 &

@@ -20,7 +20,7 @@ def test_make_run_serves_a_first_model_at_once_and_swaps_in_the_full_one_without
         tmp_path: Path) -> None:
     port = free_port()
     env = {**os.environ, "VAESERVE": str(REPO / ".venv" / "bin" / "vaeserve"), "VAESERVE_PORT": str(port),
-           "MODELS": str(tmp_path / "models"), "RUN_DIR": str(tmp_path / "full"), "QUICK_RUN_DIR": str(tmp_path / "first"),
+           "MODELS": str(tmp_path / "models"), "ARTIFACTS": str(tmp_path / "artifacts"), "RUN_DIR": str(tmp_path / "full"), "QUICK_RUN_DIR": str(tmp_path / "first"),
            "QUICK_TRAIN_ARGS": "--epochs 1 --max-steps 40 --hidden 64 --latent-dim 4 --precision fp32",
            "TRAIN_ARGS": "--epochs 1 --max-steps 300 --hidden 64 --latent-dim 4 --precision fp32",
            "EVAL_ARGS": "--iwae-examples 20 --iwae-k 20", "PYTHONPATH": str(REPO)}
@@ -43,6 +43,7 @@ def test_make_run_serves_a_first_model_at_once_and_swaps_in_the_full_one_without
         assert set(seen) <= {"200 v1", "200 v2"}, f"a request failed across the swap: {seen}"
         assert seen["200 v1"] > 0 and seen["200 v2"] >= 20, seen
         assert (tmp_path / "models" / "fashion-mnist-vae" / ".full-recipe-exported").is_file()
+        assert (tmp_path / "artifacts").resolve() == (tmp_path / "models" / "fashion-mnist-vae" / "2").resolve()
     finally:
         os.killpg(script.pid, signal.SIGTERM)
         script.wait(30)

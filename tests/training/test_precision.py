@@ -143,3 +143,54 @@ def test_vaeserve_train_defaults_to_auto_and_records_its_choice_through_export(
     manifest = json.loads((artifacts / "manifest.json").read_text())
     assert manifest["training"]["precision"] == record
     assert manifest["metrics"]["training_precision"] == record
+
+
+def _direct_speedup(step, rounds: int = 15) -> float:  # type: ignore[no-untyped-def]
+    """bf16's speedup over fp32 by a timing of its own: the median of interleaved steps (not the probe's
+    fastest-of), after a warm-up of each."""
+    import statistics
+    import time
+
+    for precision in ("fp32", "bf16", "fp32", "bf16"):
+        step(precision)
+    times: dict[str, list[float]] = {"fp32": [], "bf16": []}
+    for i in range(rounds):
+        for precision in (("fp32", "bf16") if i % 2 == 0 else ("bf16", "fp32")):
+            start = time.perf_counter()
+            step(precision)
+            times[precision].append(time.perf_counter() - start)
+    return statistics.median(times["fp32"]) / statistics.median(times["bf16"])
+
+
+@pytest.mark.parametrize("hidden", [(64,), (1024, 1024)], ids=["small", "large"])
+def test_auto_picks_what_a_direct_timing_on_this_machine_finds_faster(hidden: tuple[int, ...]) -> None:
+    """On this machine, whatever its processor: auto's choice must agree with the test's own timing of
+    both precisions, except inside a band around a tie where either answer is honest."""
+    from dataclasses import replace as with_fields
+
+    import torch
+
+    from model.config import VAEConfig
+    from model.vae import VAE
+    from training.config import TrainConfig
+    from training.loop import _loss
+    from training.precision import resolve_precision
+
+    torch.manual_seed(0)
+    model = VAE(VAEConfig(hidden_sizes=hidden, latent_dim=16))
+    cfg = TrainConfig(batch_size=128)
+    x, eps = torch.rand(128, 784), torch.randn(128, 1, 16)
+
+    def step(precision: str) -> None:
+        loss, _, _ = _loss(model, x, eps, with_fields(cfg, precision=precision), 0, global_batch=128, world=1)
+        loss.backward()
+
+    decision = resolve_precision("auto", device=torch.device("cpu"), step=step)
+    speedup = _direct_speedup(step)
+    if decision.native is None:  # emulated bf16: auto never probes, and must not be leaving speed behind
+        assert decision.precision == "fp32" and speedup < 1.15, (decision.reason, speedup)
+    elif speedup > 1.15:
+        assert decision.precision == "bf16" or "disturbed" in decision.reason, (decision.reason, speedup)
+    elif speedup < 0.95:
+        assert decision.precision == "fp32", (decision.reason, speedup)
+    print(f"{hidden}: auto -> {decision.precision} ({decision.reason}); direct timing bf16/fp32 speedup {speedup:.2f}")
