@@ -165,9 +165,10 @@ def load_images(spec: DataSpec) -> Dataset:
                                    size=spec.image_size)
     except ImageFolderError as exc:
         raise DatasetError(str(exc)) from None
-    pixels = images.train.reshape(len(images.train), -1).astype(np.float32) / 255.0  # (N, C*H*W) in CHW order
+    features = int(np.prod(images.train.shape[1:]))
+    pixels = images.train.reshape(len(images.train), features).astype(np.float32) / 255.0  # (N, C*H*W), CHW order
     train_idx, val_idx = split_indices(len(pixels), val_fraction=spec.val_fraction, seed=spec.seed)
-    test_x = images.test.reshape(len(images.test), -1).astype(np.float32) / 255.0
+    test_x = images.test.reshape(len(images.test), features).astype(np.float32) / 255.0
     has_test = len(test_x) > 0
     return Dataset(
         name=root.resolve().name or "images", input_shape=tuple(images.train.shape[1:]),
