@@ -12,7 +12,7 @@ from torch import nn
 
 from model.losses import iwae_bound, knn_distance, mahalanobis_sq
 from model.prior import mixture_sample
-from model.vae import VAE, feature_width
+from model.vae import VAE, MonteCarloTerms, feature_width
 
 
 class Standardize(nn.Module):
@@ -155,24 +155,27 @@ class ScoreGraph(nn.Module):
     def forward(self, x: torch.Tensor, eps: torch.Tensor) -> tuple[torch.Tensor, ...]:
         components = self.components() if self.components is not None else None
         terms = self.vae.monte_carlo_terms(self.standardize(x), eps, reduce_dtype=torch.float64, components=components)
-        feature_nll = -terms.log_px_features.mean(1)  # (B, F)
-        reconstruction_nll = feature_nll.sum(-1)  # (B,)
-        kl = terms.kl  # (B,)
-        elbo_score = reconstruction_nll + kl
-        iwae_score = -iwae_bound(terms.log_weights)  # (B,)
-        ref = self.reference
-        latent_score = mahalanobis_sq(terms.mu, ref.mean, ref.precision)  # (B,)
-        standard_elbo = ref.standardized(elbo_score, ref.elbo_scale)
-        elbo_latent_score = standard_elbo + ref.standardized(latent_score, ref.latent_scale)
-        scores = (reconstruction_nll, kl, elbo_score, iwae_score, latent_score, elbo_latent_score)
-        mu = terms.mu.float()  # (B, D): what /encode returns, so drift sees the same means for both
-        if not self.neighbours:  # a Python flag, fixed when the graph is traced
-            return (*scores, feature_nll, mu)
-        knn_score = knn_distance(ref.bank_coordinates(terms.features), ref.feature_bank, NEIGHBORS)
-        elbo_knn_score = standard_elbo + ref.standardized(knn_score, ref.knn_scale)
-        return (*scores, knn_score, elbo_knn_score, feature_nll, mu)
+        return score_terms(terms, self.reference, neighbours=self.neighbours)
 
 
+def score_terms(terms: MonteCarloTerms, ref: NormalReference, *, neighbours: bool) -> tuple[torch.Tensor, ...]:
+    """The scorer's outputs (ScoreGraph's docstring; GRAPH_IO's order) from the Monte Carlo terms; without
+    the neighbour scores unless `neighbours` (a Python flag, fixed when a graph is traced)."""
+    feature_nll = -terms.log_px_features.mean(1)  # (B, F)
+    reconstruction_nll = feature_nll.sum(-1)  # (B,)
+    kl = terms.kl  # (B,)
+    elbo_score = reconstruction_nll + kl
+    iwae_score = -iwae_bound(terms.log_weights)  # (B,)
+    latent_score = mahalanobis_sq(terms.mu, ref.mean, ref.precision)  # (B,)
+    standard_elbo = ref.standardized(elbo_score, ref.elbo_scale)
+    elbo_latent_score = standard_elbo + ref.standardized(latent_score, ref.latent_scale)
+    scores = (reconstruction_nll, kl, elbo_score, iwae_score, latent_score, elbo_latent_score)
+    mu = terms.mu.float()  # (B, D): what /encode returns, so drift sees the same means for both
+    if not neighbours:
+        return (*scores, feature_nll, mu)
+    knn_score = knn_distance(ref.bank_coordinates(terms.features), ref.feature_bank, NEIGHBORS)
+    elbo_knn_score = standard_elbo + ref.standardized(knn_score, ref.knn_scale)
+    return (*scores, knn_score, elbo_knn_score, feature_nll, mu)
 
 
 def build_graphs(vae: VAE, mean: torch.Tensor | None, std: torch.Tensor | None,

@@ -32,6 +32,15 @@ def binary_bernoulli_log_prob(logits: torch.Tensor, x: torch.Tensor) -> torch.Te
     return F.logsigmoid((2.0 * x - 1.0) * logits)  # (..., F)
 
 
+def bernoulli_log_prob_from_probs(probs: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """log Bernoulli(x | probs) per feature for a decoder that ends in a Sigmoid: x log p + (1 - x) log(1 - p),
+    each log floored at -100 as torch's binary_cross_entropy floors it, so a saturated p (exactly 0 or 1
+    in float32) scores as that loss trained it instead of giving -inf or NaN."""
+    log_p = torch.log(probs).clamp(min=-100.0)
+    log_not_p = torch.log1p(-probs).clamp(min=-100.0)
+    return x * log_p + (1.0 - x) * log_not_p  # (..., F)
+
+
 def gaussian_log_prob(mean: torch.Tensor, log_var: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """log N(x | mean, exp(log_var)) per feature, constants included: a true log density."""
     return -0.5 * (LOG_2PI + log_var + (x - mean).pow(2) * torch.exp(-log_var))  # (..., F)

@@ -113,7 +113,29 @@ def add_commands(sub: Any) -> None:
                              "data is above --max-quantized-p99-nats")
     export.add_argument("--max-quantized-p99-nats", type=float, default=0.5,
                         help="with --quantize: the largest p99 |int8 - float| of the -ELBO and IWAE scores accepted")
+    _add_own_model_options(export)
     export.set_defaults(handler=_export)
+
+
+def _add_own_model_options(export: argparse.ArgumentParser) -> None:
+    """A VAE of your own instead of --checkpoint (docs/own-model.md; training/own_model.py)."""
+    own = export.add_argument_group("a model of your own (instead of --checkpoint; docs/own-model.md)")
+    own.add_argument("--module", default=None, metavar="PKG.MOD:FACTORY",
+                     help="a callable returning your nn.Module (a class works), importable from here or PYTHONPATH")
+    own.add_argument("--weights", type=Path, default=None, help="its state_dict (torch.save(model.state_dict(), ...))")
+    own.add_argument("--input-shape", type=int, nargs="+", default=[1, 28, 28], help="one item: C H W, or F")
+    own.add_argument("--decoder-output", choices=["logits", "probs", "mean", "mean_log_var"], default=None,
+                     help="(required with --module) what decode(z) returns: Bernoulli logits or probabilities (a "
+                          "Sigmoid at the end), a Gaussian mean (with --gaussian-log-var), a Gaussian mean and log-variance")
+    own.add_argument("--likelihood", choices=["bernoulli", "gaussian"], default=None,
+                     help="p(x|z); unset: the one --decoder-output parameterizes")
+    own.add_argument("--gaussian-log-var", type=float, default=None, help="--decoder-output mean: the fixed log-variance")
+    own.add_argument("--input-layout", choices=["auto", "flat", "shaped"], default="auto",
+                     help="what encode takes: items flattened (B, F), shaped (B, C, H, W), or auto (tried in that order)")
+    own.add_argument("--calibration", default=None, metavar="ITEMS.npy|fashion-mnist",
+                     help="held-out normal items for thresholds and p-values (fashion-mnist: its validation split)")
+    own.add_argument("--reference", default=None, metavar="ITEMS.npy|fashion-mnist",
+                     help="normal training items for the latent score's mean and covariance; unset: the --calibration items")
 
 
 def _examples(value: str) -> int:
@@ -230,6 +252,13 @@ def _export(args: argparse.Namespace) -> int:
     from training.data import DataSpec, load_dataset
     from training.export import export_model
 
+    if args.module is not None:
+        from training.own_cli import export_from_args
+
+        if args.out is None and args.repository is None:
+            args.out = DEFAULT_ARTIFACTS
+        print(json.dumps(export_from_args(args), indent=2))
+        return 0
     model, payload = load_checkpoint(args.checkpoint)
     data = load_dataset(DataSpec.from_dict(payload["data_spec"]))
     evaluation = args.checkpoint.parent / "evaluation.json"

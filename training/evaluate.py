@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from model.losses import iwae_bound
+from model.losses import iwae_bound, kl_per_dim
 from model.vae import VAE
 from training.nll import protocol_report
 
@@ -50,16 +50,17 @@ def latent_statistics(
     The KL per dimension is q's to N(0, I) for either prior: a VampPrior has no per-dimension KL. With
     it, a collapsed dimension (q the same for every x) need not be N(0, 1); activity still flags it."""
     model.eval()
-    mus, kls = [], []
-    for start in range(0, len(x), batch_size):
-        mu, log_var = model.encoder(torch.from_numpy(x[start:start + batch_size]).to(device))
-        mus.append(mu.double().cpu())
-        kls.append((0.5 * (mu.pow(2) + log_var.exp() - 1 - log_var)).double().sum(0).cpu())
-    mu_all = torch.cat(mus)
-    kl_per_dim = (torch.stack(kls).sum(0) / len(x)).numpy()
-    activity = mu_all.var(0, unbiased=False).numpy()
+    mus, log_vars = zip(*(model.encoder(torch.from_numpy(x[start:start + batch_size]).to(device))
+                          for start in range(0, len(x), batch_size)))
+    return posterior_statistics(torch.cat(mus).cpu(), torch.cat(log_vars).cpu(), active_threshold=active_threshold)
+
+
+def posterior_statistics(mu: torch.Tensor, log_var: torch.Tensor, *, active_threshold: float = 0.01) -> dict[str, Any]:
+    """latent_statistics from the posteriors mu, log_var (N, D) of the items (any encoder's)."""
+    kl_dims = (kl_per_dim(mu, log_var).double().sum(0) / len(mu)).numpy()
+    activity = mu.double().var(0, unbiased=False).numpy()
     return {
-        "kl_per_dim": [round(float(v), 5) for v in kl_per_dim],
+        "kl_per_dim": [round(float(v), 5) for v in kl_dims],
         "activity_per_dim": [round(float(v), 5) for v in activity],
         "active_units": int((activity > active_threshold).sum()),
     }

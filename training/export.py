@@ -6,7 +6,7 @@ import contextlib
 import logging
 import platform
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -57,7 +57,7 @@ ACTIVE_UNIT_VARIANCE = 0.01  # Cov_x(E_q[z_j]) above this: an active unit (Burda
 EXPECTED_EXPORT_WARNINGS: tuple[tuple[type[Warning], str, str], ...] = (
     (FutureWarning, r"`isinstance\(treespec, LeafSpec\)` is deprecated", ""),  # torch's own pytree internals
     (UserWarning, r"# The axis name: .* will not be used", ""),  # x and eps share the batch axis, as meant
-    (DeprecationWarning, r"`torch\.jit\.trace", ""),  # TorchScript is a deliberate second backend
+    (DeprecationWarning, r"`torch\.jit\.(trace|load)", ""),  # TorchScript is a deliberate second backend
     # min(k, bank rows) in knn_distance: the bank is a constant buffer, so the traced branch is right
     (torch.jit.TracerWarning, r"Converting a tensor to a Python boolean", r"model\.losses"),
 )
@@ -103,9 +103,11 @@ def example_inputs(graph: str, *, batch: int, latent_dim: int, sample_x: np.ndar
     return rows, torch.randn(batch, k, latent_dim, generator=gen)
 
 
-def export_onnx(module: torch.nn.Module, args: tuple[torch.Tensor, ...], path: Path, graph: str) -> None:
-    """torch.export-based ONNX export with a dynamic batch axis (and dynamic K for eps)."""
-    inputs, outputs = GRAPH_IO[graph]
+def export_onnx(module: torch.nn.Module, args: tuple[torch.Tensor, ...], path: Path, graph: str, *,
+                outputs: tuple[str, ...] | None = None) -> None:
+    """torch.export-based ONNX export with a dynamic batch axis (and dynamic K for eps); the outputs are
+    GRAPH_IO's unless named (a scorer without neighbour outputs)."""
+    inputs, outputs = GRAPH_IO[graph][0], outputs or GRAPH_IO[graph][1]
     batch = torch.export.Dim("batch", min=1, max=1 << 20)
     dynamic: dict[str, dict[int, Any]] = {name: {0: batch} for name in inputs}
     if "eps" in inputs:
@@ -129,13 +131,15 @@ def export_torchscript(module: torch.nn.Module, args: tuple[torch.Tensor, ...], 
     traced.save(str(path))
 
 
-def parity(graphs: dict[str, torch.nn.Module], directory: Path, *, latent_dim: int,
+def parity(graphs: Mapping[str, Callable[..., Any]], directory: Path, *, latent_dim: int,
            sample_x: np.ndarray) -> dict[str, dict[str, float]]:
-    """Max |exported - PyTorch| per graph and backend over batches of 1, 7 and 256."""
+    """Max |exported - PyTorch| per graph and backend over batches of 1, 7 and 256; graphs maps each
+    exported graph to what it must equal, run eagerly (the graph's module, or a user's own model)."""
     report: dict[str, dict[str, float]] = {}
     for name, module in graphs.items():
         session = ort.InferenceSession(str(directory / f"{name}.onnx"), providers=["CPUExecutionProvider"])
-        scripted = torch.jit.load(str(directory / f"{name}.pt"))
+        with _quiet_export():
+            scripted = torch.jit.load(str(directory / f"{name}.pt"))
         worst = {"onnxruntime": 0.0, "torchscript": 0.0}
         scaled = {"onnxruntime": 0.0, "torchscript": 0.0}
         for batch in PARITY_BATCH_SIZES:
@@ -164,6 +168,19 @@ def parity(graphs: dict[str, torch.nn.Module], directory: Path, *, latent_dim: i
     return report
 
 
+def parity_record(report: dict[str, dict[str, float]]) -> dict[str, Any]:
+    """The manifest's `parity`: what parity() measured, and the tolerance it held it to."""
+    return {"batch_sizes": list(PARITY_BATCH_SIZES), "tolerance": PARITY_TOLERANCE,
+            "tolerance_applies_to": "max |exported - pytorch| / max(1, |pytorch|)",
+            "max_abs_diff": {k: v for k, v in report.items() if not k.endswith("_scaled")},
+            "max_scaled_diff": {k.removesuffix("_scaled"): v for k, v in report.items() if k.endswith("_scaled")}}
+
+
+def library_versions() -> dict[str, str]:
+    return {"torch": torch.__version__, "onnxruntime": ort.__version__, "numpy": np.__version__,
+            "python": platform.python_version()}
+
+
 def _as_tuple(out: Any) -> tuple[torch.Tensor, ...]:
     return tuple(out) if isinstance(out, (tuple, list)) else (out,)
 
@@ -176,12 +193,7 @@ def normal_reference(model: VAE, train_x: np.ndarray, val_x: np.ndarray, *, seed
     with torch.no_grad():
         features = torch.cat([model.encoder.features(torch.from_numpy(train_x[i:i + 4096]))
                               for i in range(0, len(train_x), 4096)])
-        mu = model.encoder.posterior(features)[0].double()
-        mean = mu.mean(0)
-        cov = torch.cov(mu.T).reshape(len(mean), len(mean))
-        # Ridge: collapsed dimensions have ~0 variance, and would otherwise dominate the distance.
-        ridge = 1e-2 * torch.diagonal(cov).mean().clamp(min=1e-8)
-        precision = torch.linalg.inv(cov + ridge * torch.eye(len(mean), dtype=torch.float64))
+        mean, precision = latent_reference(model.encoder.posterior(features)[0])
         # Dead units have no spread: a floor keeps them at ~0 instead of dividing by zero.
         feature_mean, feature_std = features.mean(0), features.std(0).clamp(min=1e-3)
         _, _, right = torch.linalg.svd((features - feature_mean) / feature_std, full_matrices=False)
@@ -195,11 +207,22 @@ def normal_reference(model: VAE, train_x: np.ndarray, val_x: np.ndarray, *, seed
         knn = knn_distance(coordinates(val_features), stats["feature_bank"], NEIGHBORS)
     latent = mahalanobis_sq(val_mu, mean, precision)
     elbo = torch.from_numpy(score_examples(model, val_x, k=CALIBRATION_MC_SAMPLES, seed=1)["elbo_score"])
-    return {**stats, "elbo_scale": _location_scale(elbo), "latent_scale": _location_scale(latent),
-            "knn_scale": _location_scale(knn)}
+    return {**stats, "elbo_scale": location_scale(elbo), "latent_scale": location_scale(latent),
+            "knn_scale": location_scale(knn)}
 
 
-def _location_scale(values: torch.Tensor) -> torch.Tensor:
+def latent_reference(mu: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean (D,) and ridge-regularized precision (D, D) of posterior means mu (N, D) of normal data, float64."""
+    mu = mu.double()
+    mean = mu.mean(0)
+    cov = torch.cov(mu.T).reshape(len(mean), len(mean))
+    # Ridge: collapsed dimensions have ~0 variance, and would otherwise dominate the distance.
+    ridge = 1e-2 * torch.diagonal(cov).mean().clamp(min=1e-8)
+    return mean, torch.linalg.inv(cov + ridge * torch.eye(len(mean), dtype=torch.float64))
+
+
+def location_scale(values: torch.Tensor) -> torch.Tensor:
+    """(mean, sd) of a score on held-out normal data, to put scores on one scale (NormalReference)."""
     return torch.stack([values.mean(), values.std().clamp(min=1e-8)]).double()
 
 
@@ -211,7 +234,8 @@ def onnx_variant_scores(scorer_path: Path, x: np.ndarray, *, latent_dim: int,
     session = ort.InferenceSession(str(scorer_path), providers=["CPUExecutionProvider"])
     names = [o.name for o in session.get_outputs()]
     rng = np.random.default_rng(seed)
-    keys = [f"{variant}_score" for variant in SCORE_VARIANTS] + (["mu"] if with_mu else [])
+    # Every variant the graph computes (a user's own model has no neighbour score).
+    keys = [f"{variant}_score" for variant in SCORE_VARIANTS if f"{variant}_score" in names] + (["mu"] if with_mu else [])
     parts: dict[str, list[np.ndarray]] = {key: [] for key in keys}
     for start in range(0, len(x), 256):
         xb = x[start:start + 256].astype(np.float32)
@@ -290,9 +314,9 @@ def export_model(model: VAE, payload: dict[str, Any], out_dir: Path, *, train_x:
     manifest: dict[str, Any] = {
         "model": {"name": name, "version": version, "created": datetime.now(timezone.utc).isoformat(timespec="seconds")},
         "config": config.to_dict(),
-        "input": _input_spec(config.input_shape, is_image=config.is_image, standardization=stats),
+        "input": input_spec(config.input_shape, is_image=config.is_image, standardization=stats),
         "likelihood": config.likelihood,
-        "graphs": _graph_specs(config.input_dim, config.latent_dim, graphs=list(graphs)),
+        "graphs": graph_specs(config.input_dim, config.latent_dim, graphs=list(graphs)),
         # What /sample draws from; the VampPrior's components are baked into the sampler graph.
         "prior": {"kind": config.prior, **({"pseudo_inputs": config.pseudo_inputs} if config.prior == "vampprior" else {})},
         "training": {"train_config": payload.get("train_config"), "dataset": payload.get("dataset"),
@@ -302,20 +326,15 @@ def export_model(model: VAE, payload: dict[str, Any], out_dir: Path, *, train_x:
         "latent": latent_statistics(model, _standardized(val_x, stats)),
         "calibration": calibration,
         "drift_reference": drift,
-        "parity": {"batch_sizes": list(PARITY_BATCH_SIZES), "tolerance": PARITY_TOLERANCE,
-                   "tolerance_applies_to": "max |exported - pytorch| / max(1, |pytorch|)",
-                   "max_abs_diff": {k: v for k, v in parity_report.items() if not k.endswith("_scaled")},
-                   "max_scaled_diff": {k.removesuffix("_scaled"): v for k, v in parity_report.items()
-                                       if k.endswith("_scaled")}},
-        "libraries": {"torch": torch.__version__, "onnxruntime": ort.__version__, "numpy": np.__version__,
-                      "python": platform.python_version()},
+        "parity": parity_record(parity_report),
+        "libraries": library_versions(),
         "files": {f"{g}.{ext}": {} for g in graphs for ext in ("onnx", "pt")},
     }
     write_manifest(out_dir, manifest)
     return manifest
 
 
-def _input_spec(shape: tuple[int, ...], *, is_image: bool, standardization: dict[str, Any] | None) -> dict[str, Any]:
+def input_spec(shape: tuple[int, ...], *, is_image: bool, standardization: dict[str, Any] | None) -> dict[str, Any]:
     spec: dict[str, Any] = {"shape": list(shape), "dtype": "float32", "features": int(np.prod(shape))}
     if is_image:
         colour = "RGB" if shape[0] == 3 else "grayscale"
@@ -328,7 +347,9 @@ def _input_spec(shape: tuple[int, ...], *, is_image: bool, standardization: dict
     return spec
 
 
-def _graph_specs(n_features: int, latent_dim: int, *, graphs: list[str]) -> dict[str, Any]:
+def graph_specs(n_features: int, latent_dim: int, *, graphs: list[str],
+                io: Mapping[str, tuple[tuple[str, ...], tuple[str, ...]]] = GRAPH_IO) -> dict[str, Any]:
+    """The manifest's `graphs`: per graph its files and its inputs' and outputs' names, shapes and dtypes."""
     shapes = {"x": ["batch", n_features], "z": ["batch", latent_dim], "eps": ["batch", "k", latent_dim],
               "u": ["batch"], "noise": ["batch", latent_dim],
               "mu": ["batch", latent_dim], "log_var": ["batch", latent_dim], "x_mean": ["batch", n_features],
@@ -341,7 +362,7 @@ def _graph_specs(n_features: int, latent_dim: int, *, graphs: list[str]) -> dict
             "inputs": [{"name": n, "shape": shapes[n], "dtype": "float32"} for n in ins],
             "outputs": [{"name": n, "shape": shapes[n], "dtype": "float64" if n in float64 else "float32"} for n in outs],
         }
-        for name, (ins, outs) in GRAPH_IO.items() if name in graphs
+        for name, (ins, outs) in io.items() if name in graphs
     }
 
 

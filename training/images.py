@@ -111,8 +111,8 @@ def decode(files: list[Path], shape: tuple[int, int, int], *, what: str) -> tupl
     bar = _progress(len(files), what)
     for path in files:
         try:
-            with Image.open(path, formats=[IMAGE_SUFFIXES[path.suffix.lower()]]) as image:
-                image = image.convert("L" if channels == 1 else "RGB")
+            with Image.open(path, formats=[IMAGE_SUFFIXES[path.suffix.lower()]]) as opened:
+                image = opened.convert("L" if channels == 1 else "RGB")
                 if image.size != (width, height):
                     image = image.resize((width, height), Image.Resampling.BILINEAR)
                 pixels = np.asarray(image, dtype=np.uint8)

@@ -15,8 +15,6 @@ The recipe, each step measured on a 10-epoch 784-512-512-32 model (docs/performa
 from __future__ import annotations
 
 import logging
-import os
-import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -30,6 +28,7 @@ from onnxruntime.quantization.shape_inference import quant_pre_process
 
 from model.contract import DEFAULT_MC_SAMPLES
 from model.manifest import load_manifest, write_manifest
+from training.staging import staged_write
 
 log = logging.getLogger("vaeserve.quantize")
 
@@ -57,23 +56,12 @@ def export_with_int8(target: Path, export: Callable[[Path], object], *, calibrat
                      heldout_x: np.ndarray, heldout_split: str, max_p99_nats: float = MAX_P99_NATS) -> dict[str, Any]:
     """export(folder) the float graphs into a staging folder beside target, add the int8 graphs, and only
     then move everything into target (manifest.json last): a refusal leaves target as it was."""
-    target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    # A dot name: never a version folder of a repository (model/repository.py), never served.
-    staging = target.parent / f".{target.name}.staging-{os.getpid()}"
-    shutil.rmtree(staging, ignore_errors=True)
-    try:
+    def write(staging: Path) -> dict[str, Any]:
         export(staging)
-        manifest = quantize_artifacts(staging, calibration_x=calibration_x, heldout_x=heldout_x,
-                                      heldout_split=heldout_split, max_p99_nats=max_p99_nats)
-        if not target.exists():
-            staging.rename(target)
-        else:
-            for path in sorted(staging.iterdir(), key=lambda p: p.name == "manifest.json"):
-                os.replace(path, target / path.name)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return manifest
+        return quantize_artifacts(staging, calibration_x=calibration_x, heldout_x=heldout_x,
+                                  heldout_split=heldout_split, max_p99_nats=max_p99_nats)
+
+    return staged_write(target, write)
 
 
 def quantize_artifacts(directory: Path, *, calibration_x: np.ndarray, heldout_x: np.ndarray,
