@@ -24,7 +24,8 @@ ARTIFACTS=${ARTIFACTS:-artifacts}  # a link to the newest version, for `vaeserve
 FULL_DONE="$MODELS/$MODEL_NAME/.full-recipe-exported"  # written after the full model's export
 
 say() { printf '[make run %s] %s\n' "$(date +%H:%M:%S)" "$*"; }
-versions() { find "$MODELS/$MODEL_NAME" -mindepth 2 -maxdepth 2 -name manifest.json 2>/dev/null | wc -l; }
+# Version folders only: an export killed half-way leaves a dot-named staging folder behind.
+versions() { find "$MODELS/$MODEL_NAME" -mindepth 2 -maxdepth 2 -name manifest.json ! -path '*/.*' 2>/dev/null | wc -l; }
 link_newest() {  # never over a real folder (an artifacts/ of an earlier make run stays as it was)
   local newest
   newest=$(find "$MODELS/$MODEL_NAME" -mindepth 1 -maxdepth 1 -type d -regex '.*/[0-9]+' | sort -t/ -k1 -V | tail -1)
@@ -48,9 +49,9 @@ trainer=""
 stop() {
   [ -n "$trainer" ] && kill -- -"$trainer" 2>/dev/null || true
   kill -TERM "$server" 2>/dev/null || true
-  wait "$server" 2>/dev/null || true
+  wait "$server" || true 2>/dev/null || true
 }
-trap stop INT TERM
+trap stop EXIT INT TERM  # EXIT too: a server that fails to start must not leave the training behind
 
 if [ ! -f "$FULL_DONE" ]; then
   mkdir -p "$RUN_DIR"
@@ -71,5 +72,4 @@ if [ ! -f "$FULL_DONE" ]; then
   set +m
 fi
 
-wait "$server"
-stop
+wait "$server" || true

@@ -1,4 +1,4 @@
-"""Test helpers: start a real `vaeserve serve` process on 127.0.0.1 and wait for it."""
+"""Real servers for tests and benchmarks: start `vaeserve serve` on 127.0.0.1 and wait for it."""
 
 from __future__ import annotations
 

@@ -46,8 +46,8 @@ class Settings(BaseSettings):
                                          "thread: a lone request skips the hand-off (0: always a thread)")
     max_queue_items: int = Field(4096, ge=1, description="queued items per model (all its graphs and versions) before its requests get 429")
     request_timeout_s: float = Field(10.0, gt=0, description="a request still queued after this gets 504")
-    max_in_flight: int = Field(512, ge=1, description="model requests in the process at once (from their headers "
-                                                      "to their answer) before more get 503 + Retry-After")
+    max_in_flight: int = Field(512, ge=1, description="model requests in the process at once (from their body's "
+                                                      "arrival to their answer) before more get 503 + Retry-After")
     max_items_per_request: int = Field(1024, ge=1, description="items in one request before 413")
     max_body_bytes: int = Field(32 * 1024 * 1024, ge=1024, description="request body size before 413")
     body_read_timeout_s: float = Field(10.0, gt=0, description="a request body not fully received this long after "

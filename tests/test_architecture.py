@@ -2,7 +2,7 @@
 
 Every import counts, module level or inside a function (a lazy import still ties the modules
 together). Layers, from the bottom: model (the torch-free contract) <- training; model <-
-service.core <- service.http <- service.server; service.client talks to a server only over HTTP.
+service.core <- service.http <- service.server; service.client may use service.core, never http or server.
 """
 
 from __future__ import annotations

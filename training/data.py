@@ -169,11 +169,17 @@ def load_images(spec: DataSpec) -> Dataset:
     pixels = images.train.reshape(len(images.train), features).astype(np.float32) / 255.0  # (N, C*H*W), CHW order
     train_idx, val_idx = split_indices(len(pixels), val_fraction=spec.val_fraction, seed=spec.seed)
     test_x = images.test.reshape(len(images.test), features).astype(np.float32) / 255.0
+    test_y = images.test_labels
     has_test = len(test_x) > 0
+    if has_test and not (test_y == 0).any():
+        # Held-out anomalies alone (class folders; MVTec without test/good): the validation images are
+        # the normal side of the test, so AUROC has both.
+        test_x, test_y = np.concatenate([test_x, pixels[val_idx]]), np.concatenate([test_y, np.zeros(len(val_idx),
+                                                                                                    np.int64)])
     return Dataset(
         name=root.resolve().name or "images", input_shape=tuple(images.train.shape[1:]),
         train_x=pixels[train_idx], val_x=pixels[val_idx], test_x=test_x if has_test else pixels[val_idx],
-        test_y=images.test_labels if has_test else None,
+        test_y=test_y if has_test else None,
         info={"source": str(root), "layout": images.layout, "files": images.classes, "skipped": len(images.skipped),
               "test": "labelled (test_y: 1 = anomaly)" if has_test else "the validation split (no labelled test)"},
     )

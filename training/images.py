@@ -93,7 +93,7 @@ def probe_shape(files: list[Path], channels: int | None, size: tuple[int, int] |
             with Image.open(path, formats=[IMAGE_SUFFIXES[path.suffix.lower()]]) as image:
                 sizes[(image.height, image.width)] += 1
                 colour |= image.mode not in ("1", "L", "LA", "I", "I;16", "F")
-        except (OSError, ValueError, SyntaxError):
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
             continue
     if not sizes:
         raise ImageFolderError(f"none of the images under {files[0].parent} could be read")
@@ -118,7 +118,7 @@ def decode(files: list[Path], shape: tuple[int, int, int], *, what: str) -> tupl
                 pixels = np.asarray(image, dtype=np.uint8)
             out[kept] = pixels[None] if channels == 1 else pixels.transpose(2, 0, 1)
             kept += 1
-        except (OSError, ValueError, SyntaxError) as exc:
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
             bad.append(f"{path}: {exc.__class__.__name__}")
         if bar is not None:
             bar.update(1)
@@ -135,7 +135,7 @@ def load_image_folder(root: Path, *, normal_classes: list[str], channels: int | 
         raise ImageFolderError(f"{root}: no training images found (layout {layout})")
     shape = probe_shape(train_files, channels, size)
     test_files = [p for p, _ in tests]
-    key = _cache_key([*train_files, *test_files], shape)
+    key = _cache_key(layout, train_files, test_files, shape)
     cached = CACHE_DIR / f"images-{key}.npz"
     if cached.is_file():
         with np.load(cached) as saved:
@@ -149,7 +149,9 @@ def load_image_folder(root: Path, *, normal_classes: list[str], channels: int | 
         labels, skipped = np.asarray(good_tests, dtype=np.int64), bad_train + bad_test
         _refuse_mostly_bad(root, skipped, len(train_files) + len(test_files))
         CACHE_DIR.mkdir(parents=True, exist_ok=True)
-        np.savez(cached, train=train, test=test, labels=labels, skipped=np.asarray(skipped, dtype=str))
+        partial = cached.with_name(f".{cached.name}.{os.getpid()}.npz")  # then renamed: readers never see half
+        np.savez(partial, train=train, test=test, labels=labels, skipped=np.asarray(skipped, dtype=str))
+        os.replace(partial, cached)
     if skipped:
         log.warning("%d of %d files could not be read and were skipped: %s%s", len(skipped),
                     len(train_files) + len(test_files), "; ".join(skipped[:5]), " ..." if len(skipped) > 5 else "")
@@ -166,11 +168,13 @@ def _refuse_mostly_bad(root: Path, bad: list[str], total: int) -> None:
                                f"{'; '.join(bad[:3])}")
 
 
-def _cache_key(files: list[Path], shape: tuple[int, int, int]) -> str:
-    digest = hashlib.sha256(repr(shape).encode())
-    for path in files:
-        stat = path.stat()
-        digest.update(f"{path}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+def _cache_key(layout: str, train: list[Path], test: list[Path], shape: tuple[int, int, int]) -> str:
+    """The files (names, sizes, times), which split each is in, the layout and the shape asked for."""
+    digest = hashlib.sha256(repr((layout, shape)).encode())
+    for split, files in (("train", train), ("test", test)):
+        for path in files:
+            stat = path.stat()
+            digest.update(f"{split}\0{path}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
     return digest.hexdigest()[:24]
 
 

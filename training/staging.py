@@ -19,6 +19,9 @@ def staged_write(target: Path, write: Callable[[Path], T]) -> T:
     rescans meanwhile never sees a manifest before its files). On any error the staging folder, and
     any parent folder this call created, are removed."""
     target = Path(target)
+    if target.is_symlink():  # make run's `artifacts` links into its repository: never rewrite a served version
+        raise ValueError(f"{target} is a link (to {target.resolve()}); export to a folder of its own, or with "
+                         "--repository to a new version")
     created = _first_missing(target.parent)
     target.parent.mkdir(parents=True, exist_ok=True)
     # A dot name: never a version folder of a repository (model/repository.py), never served.

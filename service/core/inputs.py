@@ -177,6 +177,9 @@ def _parse_pngs(value: list[Any], *, field: str, spec: InputSpec) -> np.ndarray:
         try:
             raw = base64.b64decode(item.split(",", 1)[-1], validate=True)  # a data: URL prefix is allowed
             opened = Image.open(io.BytesIO(raw), formats=IMAGE_FORMATS)  # reads the header only
+        except Image.DecompressionBombError:  # Pillow's own bound (~179 Mpx): far past ours, refused alike
+            raise PayloadTooLarge(f"{field}[{i}]: the image is larger than this {width}x{height} model accepts "
+                                  f"({item_limit} pixels at most); resize it first") from None
         except (binascii.Error, ValueError, OSError, SyntaxError) as exc:
             raise InvalidInput(f"{field}[{i}]: not a valid base64-encoded PNG or JPEG image: {_reason(exc)}") from None
         area = opened.size[0] * opened.size[1]

@@ -4,10 +4,10 @@ them, and no admission for a request that has already waited too long to be answ
 Under overload a request waits before any batcher sees it (the accept backlog, event-loop
 scheduling, its body), where neither the queue bound nor request_timeout_s applies: at 1,000
 connections a probe got no refusal at all and a p99 of 7.4 s. As Triton and text-embeddings-inference
-do, the process holds at most `max_in_flight` model requests; one more is answered 503 with
-Retry-After before its body is read, as is one that already waited half of request_timeout_s since
-its first bytes were read (service/server/connections.py stamps that), so the requests that are
-accepted keep a latency near request_timeout_s at any load.
+do, the process holds at most `max_in_flight` model requests, each from its body's arrival to its
+answer; one more is answered 503 with Retry-After, as is one that already waited half of
+request_timeout_s since its first bytes were read (service/server/connections.py stamps that), so the
+requests that are accepted keep a latency near request_timeout_s at any load.
 """
 
 from __future__ import annotations
@@ -18,11 +18,12 @@ from typing import Any
 
 from service.core.errors import ServerBusy
 from service.core.metrics import Metrics
+from service.http.keys import ALWAYS_OPEN, is_page
 
 RECEIVED = "vaeserve.received"  # scope["extensions"][RECEIVED]["monotonic_s"]: when its first bytes were read
 MAX_WAIT_SHARE_OF_TIMEOUT = 0.5  # the batcher refuses work it expects to wait longer than this share too
 NOT_ADMITTED = ("/admin/", "/v2/repository/")  # control-plane POSTs: not load, never shed
-NOT_IN_FLIGHT = frozenset({"/healthz", "/readyz", "/v2/health/live", "/v2/health/ready", "/metrics"})  # not load
+NOT_IN_FLIGHT = ALWAYS_OPEN | {"/metrics"}  # probes and scrapes are not load (nor the page: is_page)
 
 
 def received_at(scope: Mapping[str, Any]) -> float | None:
@@ -43,7 +44,7 @@ class InFlight:
     @staticmethod
     def counts(scope: Mapping[str, Any]) -> bool:
         path = scope["path"]
-        return path not in NOT_IN_FLIGHT and not path.startswith(NOT_ADMITTED)
+        return path not in NOT_IN_FLIGHT and not path.startswith(NOT_ADMITTED) and not is_page(path)
 
     def enter(self) -> None:
         self.count += 1

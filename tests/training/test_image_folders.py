@@ -57,7 +57,7 @@ def test_class_folders_train_on_the_named_classes_and_hold_out_the_others(tmp_pa
                     channels=3, val_fraction=0.25)
     data = load_dataset(spec)
     assert data.input_shape == (3, 16, 16) and len(data.train_x) + len(data.val_x) == 20
-    assert list(data.test_y) == [1] * 6
+    assert list(data.test_y) == [1] * 6 + [0] * 5, "the held-out anomalies, then the validation images as normal"
     with pytest.raises(DatasetError, match=r"--normal-classes \['good'\] are not among its class folders"):
         load_dataset(DataSpec(kind="images", path=str(tmp_path / "classes"), class_names=("good",)))
 

@@ -81,6 +81,12 @@ class VersionLoader:
             self.metrics.model_loads.labels(model=slot.model, outcome="failed").inc()
             log.error("model %s version %s not loaded: %s", slot.model, slot.version, exc)
             raise
+        except BaseException as exc:  # anything else (a runtime error while warming, a cancellation): no
+            self.loaded.discard(slot)  # slot may stay counted as loading, or no room could ever be made
+            if not isinstance(exc, asyncio.CancelledError):
+                slot.error = f"{type(exc).__name__}: {exc}"
+                log.exception("model %s version %s not loaded", slot.model, slot.version)
+            raise
         finally:
             slot.loading = None
         elapsed = time.monotonic() - start

@@ -199,7 +199,10 @@ class ModelRegistry:
         if slot is None:
             return
         if slot.handle is None and not slot.error and not entry.unloaded_by_admin:
-            self.loader.start(slot)
+            try:
+                self.loader.start(slot)
+            except ModelNotReady:  # no room for a shadow now: the scored request is not the shadow's to fail
+                pass
         self.shadow.mirror(slot.handle, version=slot.version, served=served, x=x, variant=variant,
                            mc_samples=mc_samples, seed=seed, served_scores=scores)
 
