@@ -23,11 +23,15 @@ EVAL_ARGS ?= --iwae-examples 1000
 .PHONY: run test venv dataset model export serve lint bench clean
 
 $(VENV)/.installed: pyproject.toml
+	@echo "[make] installing into $(VENV) (once; about 2-4 minutes): pip, then torch, then the rest"
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	# Exactly torch==2.13.0 first: a bare `torch` would pull a multi-GB CUDA build.
+	@echo "[make] torch 2.13.0 (CPU build, from local disk)"
 	$(PIP) install -q torch==2.13.0
+	@echo "[make] vaeserve and its extras (train, serve, dev)"
 	$(PIP) install -q -e '.[train,serve,dev]'
+	@echo "[make] installed"
 	touch $@
 
 venv: $(VENV)/.installed
