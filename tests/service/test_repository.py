@@ -221,11 +221,15 @@ def test_lru_unloading_under_a_random_model_load_answers_only_200_or_503(reposit
         proc.stop()
 
 
+@pytest.mark.parametrize("max_loaded_models", [0, 1], ids=["no-limit", "at-the-limit"])
 def test_a_new_version_dropped_in_is_served_after_sighup_without_a_failed_request(repository: Path,
-                                                                                   tmp_path: Path) -> None:
+                                                                                   tmp_path: Path,
+                                                                                   max_loaded_models: int) -> None:
+    """At the limit too: the new version loads beside the serving one instead of evicting it first."""
     root = tmp_path / "repo"
     copy_version(repository / "class-0" / "1", root / "class-0" / "1")
-    proc = start_server(root, tmp_path, model_repository=root, default_model="class-0")
+    proc = start_server(root, tmp_path, model_repository=root, default_model="class-0",
+                        max_loaded_models=max_loaded_models)
 
     async def scenario() -> tuple[list[int], list[str]]:
         statuses, versions = [], []

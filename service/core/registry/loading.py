@@ -55,10 +55,13 @@ class VersionLoader:
     def retry_after_s(self) -> int:
         return max(1, math.ceil(self.load_s))
 
-    def start(self, slot: VersionSlot) -> asyncio.Task[ModelHandle]:
-        """The slot's load task, started if it is not running (ModelNotReady when no room can be made)."""
+    def start(self, slot: VersionSlot, *, replacing: bool = False) -> asyncio.Task[ModelHandle]:
+        """The slot's load task, started if it is not running (ModelNotReady when no room can be made).
+        replacing: a new version of a model that is serving; it loads beside the version it replaces,
+        one over max_loaded_models until the swap retires the old one, so nothing is evicted to make
+        room for it (that could be the very version still answering)."""
         if slot.loading is None:
-            if not self._make_room(keep=slot):
+            if not replacing and not self._make_room(keep=slot):
                 raise ModelNotReady(f"model {slot.model!r}: {self.settings.max_loaded_models} versions are loading "
                                     "(VAESERVE_MAX_LOADED_MODELS); retry", retry_after_s=self.retry_after_s())
             self.loaded.add(slot)

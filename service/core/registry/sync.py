@@ -88,7 +88,10 @@ class RepositorySync:
                       for slot in entry.slots.values() if slot.handle is None and not slot.error]
             limit = self.settings.max_loaded_models or len(wanted)
             # More preloads than may stay loaded would only evict each other: the first `limit` load.
-            await asyncio.gather(*(registry.loader.start(slot) for slot in wanted[:limit]), return_exceptions=True)
+            serving = {name for name, entry in registry.models.items()
+                       if any(s.handle is not None for s in entry.slots.values())}
+            await asyncio.gather(*(registry.loader.start(slot, replacing=slot.model in serving)
+                                   for slot in wanted[:limit]), return_exceptions=True)
             for name, entry in entries.items():
                 _keep_previous_primary_if_broken(entry, registry.models.get(name))
             self._swap(entries)
