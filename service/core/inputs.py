@@ -76,14 +76,11 @@ def parse_items(value: Any, *, field: str, spec: InputSpec, max_items: int) -> t
         raise InvalidInput(_ragged_message(value, field=field, spec=spec)) from None
     if array.dtype.kind not in "fiu":
         raise InvalidInput(_type_message(value, field=field))
-    if array.shape[1:] not in spec.accepted_shapes:
-        raise InvalidInput(f"{field}: each item must have shape {_shapes_text(spec)}, got {list(array.shape[1:])}")
-    items = array.reshape(len(value), spec.features)
-    check_values(items, field=field, spec=spec)
-    return items.astype(np.float32), "flat" if array.ndim == 2 else "nested"
+    return _parse_array(array, field=field, spec=spec, max_items=max_items), "flat" if array.ndim == 2 else "nested"
 
 
 def _parse_array(array: np.ndarray, *, field: str, spec: InputSpec, max_items: int) -> np.ndarray:
+    """Numbers (from JSON lists or an .npy body) -> (n, F) float32, shape and values checked."""
     if array.ndim == 0 or len(array) == 0:
         raise InvalidInput(f"{field}: the .npy array must hold at least one item")
     if len(array) > max_items:
