@@ -20,6 +20,7 @@ import logging
 import math
 import re
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,6 +34,9 @@ from service.settings import Settings
 
 log = logging.getLogger("vaeserve.quotas")
 DEFAULT_NAME = "default"  # the metrics label of every key that is not listed
+# Buckets kept, the least recently used dropped first: listed keys are few, but with a `default` and
+# no API keys any presented key gets one (that configuration meters, it cannot authenticate).
+MAX_TRACKED_KEYS = 10_000
 KEY_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
 
 
@@ -115,7 +119,7 @@ class QuotaBook:
         self.listed = {entry.digest(): (name, Limits(**entry.model_dump(include=set(Limits.model_fields))))
                        for name, entry in config.keys.items()}
         self.active = bool(self.listed) or config.default is not None
-        self._quotas: dict[bytes, KeyQuota] = {}
+        self._quotas: OrderedDict[bytes, KeyQuota] = OrderedDict()
         for digest, old in (previous._quotas.items() if previous else ()):
             name, limits = self._policy(digest)
             if limits == old.limits and name == old.name:  # unchanged: keep its buckets' state
@@ -152,6 +156,10 @@ class QuotaBook:
             if limits is None:
                 return None
             found = self._quotas[digest] = KeyQuota.of(name, limits)
+            if len(self._quotas) > MAX_TRACKED_KEYS:  # keys nobody vouched for (a default without API
+                self._quotas.popitem(last=False)  # keys) must not grow memory without bound
+        else:
+            self._quotas.move_to_end(digest)
         return found
 
 
@@ -209,8 +217,9 @@ def load_keys_and_quotas(settings: Settings, previous: QuotaBook | None = None) 
     book = QuotaBook.from_settings(settings, previous)
     ring = KeyRing.of(settings.accepted_api_keys(), settings.admin_api_keys, extra_digests=list(book.listed))
     if book.config.default is not None and not ring.keys:
-        log.warning("VAESERVE_KEY_QUOTAS has a default but no API keys are configured: requests carry no key, "
-                    "so no quota applies")
+        log.warning("VAESERVE_KEY_QUOTAS has a default but no API keys are configured: a request without a key "
+                    "gets no quota, and each key a client makes up gets its own; configure API keys to meter "
+                    "clients")
     return ring, book
 
 

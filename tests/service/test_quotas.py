@@ -124,3 +124,16 @@ def test_keys_and_quotas_reload_on_sighup(quota_server: ServerProcess, quota_fil
     assert "keys and quotas not reloaded, the previous ones stay" in quota_server.log()
     assert httpx.post(url, json=ONE, headers=auth("plain-key")).status_code == 200
     quota_file.write_text(json.dumps(QUOTAS))
+
+
+def test_buckets_of_keys_nobody_vouched_for_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A default quota without API keys gives any made-up key a bucket: the oldest go, memory stays flat."""
+    import service.http.quotas as quotas
+
+    monkeypatch.setattr(quotas, "MAX_TRACKED_KEYS", 100)
+    book = QuotaBook.from_settings(Settings(key_quotas={"default": {"requests_per_s": 1}}))
+    first = book.quota(b"k0")
+    for i in range(1, 1000):
+        assert book.quota(f"k{i}".encode()) is not None
+    assert len(book._quotas) == 100 and book.quota(b"k999") is book.quota(b"k999")
+    assert book.quota(b"k0") is not first, "the least recently used bucket was dropped"
