@@ -32,6 +32,7 @@ import httpx
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from harness.load import healthz_latencies_during  # noqa: E402
 from harness.servers import ServerProcess, start_server  # noqa: E402
 
 ITEM = json.dumps({"inputs": [[0.5] * 784], "mc_samples": 1}).encode()
@@ -71,16 +72,7 @@ def freeze(server: ServerProcess) -> str:
         status = httpx.post(server.url + "/anomaly-score", json={"inputs": [item] * 256}, timeout=300).status_code
         answers.append((status, time.perf_counter() - start))
 
-    sender = threading.Thread(target=send)
-    latencies = []
-    with httpx.Client(timeout=300) as client:
-        sender.start()
-        while sender.is_alive():
-            start = time.perf_counter()
-            client.get(server.url + "/healthz")
-            latencies.append(time.perf_counter() - start)
-            time.sleep(0.005)
-    sender.join()
+    latencies = healthz_latencies_during(server.url, threading.Thread(target=send))
     status, seconds = answers[0]
     return (f"freeze: {len(buffer.getvalue())} B PNG x 256 -> {status} in {seconds * 1000:.0f} ms; /healthz x "
             f"{len(latencies)}, worst {max(latencies) * 1000:.1f} ms")

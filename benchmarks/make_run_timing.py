@@ -20,12 +20,10 @@ import tempfile
 import time
 from pathlib import Path
 
-import httpx
-
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from harness.load import ITEM, clients_until_version  # noqa: E402
+from harness.load import clients_until_version, first_answer  # noqa: E402
 from harness.servers import free_port  # noqa: E402
 
 
@@ -50,13 +48,7 @@ def main() -> int:
                               stdout=(work / "make-run.out").open("wb"), stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
-        while True:
-            try:
-                if httpx.post(url + "/anomaly-score", json=ITEM, timeout=5).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            time.sleep(0.2)
+        first_answer(url, timeout_s=3600)
         first = time.monotonic() - started
         print(f"first 200 from /anomaly-score: {first:.0f} s after make run started", flush=True)
         # Idle while the full recipe trains (clients would slow it), then 8 clients from its evaluation's

@@ -18,12 +18,11 @@ from typing import Any
 
 from service.core.errors import ServerBusy
 from service.core.metrics import Metrics
-from service.http.keys import ALWAYS_OPEN, is_page
+from service.http.keys import is_upkeep
 
 RECEIVED = "vaeserve.received"  # scope["extensions"][RECEIVED]["monotonic_s"]: when its first bytes were read
 MAX_WAIT_SHARE_OF_TIMEOUT = 0.5  # the batcher refuses work it expects to wait longer than this share too
 NOT_ADMITTED = ("/admin/", "/v2/repository/")  # control-plane POSTs: not load, never shed
-NOT_IN_FLIGHT = ALWAYS_OPEN | {"/metrics"}  # probes and scrapes are not load (nor the page: is_page)
 
 
 def received_at(scope: Mapping[str, Any]) -> float | None:
@@ -44,7 +43,7 @@ class InFlight:
     @staticmethod
     def counts(scope: Mapping[str, Any]) -> bool:
         path = scope["path"]
-        return path not in NOT_IN_FLIGHT and not path.startswith(NOT_ADMITTED) and not is_page(path)
+        return not is_upkeep(path) and not path.startswith(NOT_ADMITTED)
 
     def enter(self) -> None:
         self.count += 1

@@ -28,6 +28,11 @@ def is_page(path: str) -> bool:
     return path == "/" or path.startswith("/static/")
 
 
+def is_upkeep(path: str) -> bool:
+    """Probes, scrapes and the page: not load, so never counted in flight nor charged to a quota."""
+    return path in ALWAYS_OPEN or path == "/metrics" or is_page(path)
+
+
 def digest(key: str | bytes) -> bytes:
     return hashlib.sha256(key.encode() if isinstance(key, str) else key).digest()
 

@@ -28,7 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from service.core.errors import PayloadTooLarge, QuotaExceeded
 from service.core.metrics import Metrics
-from service.http.keys import ALWAYS_OPEN, KeyRing, is_admin, is_page
+from service.http.keys import KeyRing, is_admin, is_upkeep
 from service.http.keys import digest as key_digest
 from service.settings import Settings
 
@@ -174,7 +174,7 @@ class QuotaGate:
         """The key's quota (None: no quota applies) after charging one request; QuotaExceeded when
         it is over its request rate. Probes, scrapes, the page and the control plane are free."""
         book: QuotaBook = self.state.quotas
-        free = path in ALWAYS_OPEN or path == "/metrics" or is_page(path) or is_admin(path)
+        free = is_upkeep(path) or is_admin(path)
         quota = book.quota(key) if key is not None and book.active and not free else None
         if quota is None:
             return None

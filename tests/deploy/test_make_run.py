@@ -7,12 +7,9 @@ import asyncio
 import os
 import signal
 import subprocess
-import time
 from pathlib import Path
 
-import httpx
-
-from harness.load import ITEM, clients_until_version
+from harness.load import clients_until_version, first_answer
 from harness.servers import REPO, free_port
 
 
@@ -29,16 +26,7 @@ def test_make_run_serves_a_first_model_at_once_and_swaps_in_the_full_one_without
                               stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            assert script.poll() is None, (tmp_path / "make-run.out").read_text()[-3000:]
-            try:
-                if httpx.post(url + "/anomaly-score", json=ITEM, timeout=5).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "the first model did not serve within 120 s"
-            time.sleep(0.2)
+        first_answer(url, timeout_s=120, alive=lambda: script.poll() is None)
         seen = asyncio.run(clients_until_version(url, "2", clients=8, timeout_s=180))
         assert set(seen) <= {"200 v1", "200 v2"}, f"a request failed across the swap: {seen}"
         assert seen["200 v1"] > 0 and seen["200 v2"] >= 20, seen
@@ -51,17 +39,7 @@ def test_make_run_serves_a_first_model_at_once_and_swaps_in_the_full_one_without
     rerun = subprocess.Popen([str(REPO / "deploy" / "run-default.sh")], cwd=REPO, env=env, stdout=subprocess.PIPE,
                              stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                answer = httpx.post(url + "/anomaly-score", json=ITEM, timeout=5)
-                if answer.status_code == 200:
-                    assert answer.json()["model"]["version"] == "2"
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "a second make run did not serve at once"
-            time.sleep(0.2)
+        assert first_answer(url, timeout_s=30).json()["model"]["version"] == "2", "a second make run serves v2"
     finally:
         os.killpg(rerun.pid, signal.SIGTERM)
         output = rerun.communicate(timeout=30)[0].decode()

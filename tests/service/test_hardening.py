@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from harness.load import healthz_latencies_during
 from harness.servers import ServerProcess, start_server, wait_for_http
 
 ONE = {"inputs": [[0.5] * 784]}
@@ -29,20 +30,6 @@ def png(image: Image.Image, fmt: str = "PNG") -> str:
     buffer = io.BytesIO()
     image.save(buffer, format=fmt)
     return base64.b64encode(buffer.getvalue()).decode("ascii")
-
-
-def healthz_latencies_during(server: ServerProcess, work: threading.Thread) -> list[float]:
-    """/healthz round trips, one after another, for as long as `work` runs."""
-    latencies = []
-    with httpx.Client(timeout=60) as client:
-        work.start()
-        while work.is_alive():
-            start = time.perf_counter()
-            assert client.get(server.url + "/healthz").status_code == 200
-            latencies.append(time.perf_counter() - start)
-            time.sleep(0.01)
-    work.join()
-    return latencies
 
 
 def test_a_request_of_huge_images_is_refused_from_their_headers_and_never_holds_the_process(
@@ -55,7 +42,7 @@ def test_a_request_of_huge_images_is_refused_from_their_headers_and_never_holds_
         answers.append(httpx.post(server.url + "/anomaly-score", json={"inputs": [bomb] * 256}, timeout=120))
 
     started = time.perf_counter()
-    latencies = healthz_latencies_during(server, threading.Thread(target=send))
+    latencies = healthz_latencies_during(server.url, threading.Thread(target=send))
     elapsed = time.perf_counter() - started
     assert answers[0].status_code == 413, answers[0].text
     assert "inputs[0]: a 5792x5792 image is larger than this 28x28 model accepts" in answers[0].json()["error"]
@@ -72,7 +59,7 @@ def test_images_within_the_budget_decode_off_the_event_loop_and_score(server: Se
     def send() -> None:
         answers.append(httpx.post(server.url + "/anomaly-score", json={"inputs": [photo] * 256}, timeout=120))
 
-    latencies = healthz_latencies_during(server, threading.Thread(target=send))
+    latencies = healthz_latencies_during(server.url, threading.Thread(target=send))
     assert answers[0].status_code == 200, answers[0].text
     assert len(answers[0].json()["results"]) == 256
     assert max(latencies) < 0.1, f"/healthz waited {max(latencies):.3f}s while images decoded"
