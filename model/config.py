@@ -6,7 +6,10 @@ import math
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Literal
 
-Likelihood = Literal["bernoulli", "gaussian"]
+# table: per column, Gaussian for numbers (masked where missing, with a Bernoulli on the missing
+# indicator) and categorical for categories; table_blocks lays the features out (model/table_schema.py).
+Likelihood = Literal["bernoulli", "gaussian", "table"]
+TABLE_BLOCK_KINDS = ("gaussian", "gaussian_masked", "categorical")
 GaussianVariance = Literal["learned", "fixed"]
 Architecture = Literal["mlp", "conv"]
 # standard: p(z) = N(0, I). vampprior: a mixture of the posteriors of learned pseudo-inputs
@@ -38,6 +41,8 @@ class VAEConfig:
     # The prior p(z), and (vampprior only) its number of pseudo-inputs N: p(z) = (1/N) sum_n q(z | u_n).
     prior: Prior = "standard"
     pseudo_inputs: int = 500
+    # table only: (kind, width) blocks of the encoded features, in order (TableSchema.blocks()).
+    table_blocks: tuple[tuple[str, int], ...] = ()
 
     def __post_init__(self) -> None:
         if not self.input_shape or any(d <= 0 for d in self.input_shape):
@@ -46,8 +51,14 @@ class VAEConfig:
             raise ValueError(f"latent_dim must be positive, got {self.latent_dim}")
         if any(h <= 0 for h in self.hidden_sizes):
             raise ValueError(f"hidden_sizes must be positive, got {self.hidden_sizes}")
-        if self.likelihood not in ("bernoulli", "gaussian"):
-            raise ValueError(f"likelihood must be 'bernoulli' or 'gaussian', got {self.likelihood!r}")
+        if self.likelihood not in ("bernoulli", "gaussian", "table"):
+            raise ValueError(f"likelihood must be 'bernoulli', 'gaussian' or 'table', got {self.likelihood!r}")
+        if (self.likelihood == "table") != bool(self.table_blocks):
+            raise ValueError("likelihood 'table' and table_blocks go together (table_blocks: the schema's blocks)")
+        if self.table_blocks and (sum(w for _, w in self.table_blocks) != self.input_dim
+                                  or any(k not in TABLE_BLOCK_KINDS or w < 1 for k, w in self.table_blocks)):
+            raise ValueError(f"table_blocks {self.table_blocks} must be {TABLE_BLOCK_KINDS} blocks whose widths "
+                             f"sum to the {self.input_dim} features")
         if self.gaussian_variance not in ("learned", "fixed"):
             raise ValueError(f"gaussian_variance must be 'learned' or 'fixed', got {self.gaussian_variance!r}")
         if self.architecture not in ("mlp", "conv"):
@@ -74,7 +85,8 @@ class VAEConfig:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-friendly form (tuples become lists)."""
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+        return {k: [list(b) if isinstance(b, tuple) else b for b in v] if isinstance(v, tuple) else v
+                for k, v in asdict(self).items()}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> VAEConfig:
@@ -88,4 +100,6 @@ class VAEConfig:
         for key in ("input_shape", "hidden_sizes"):
             if key in values:
                 values[key] = tuple(int(v) for v in values[key])
+        if "table_blocks" in values:
+            values["table_blocks"] = tuple((str(kind), int(width)) for kind, width in values["table_blocks"])
         return cls(**values)

@@ -20,6 +20,7 @@ from model.losses import (
     reparameterize,
 )
 from model.prior import VampPrior
+from model.table_likelihood import table_log_prob, table_mean
 
 
 def mlp(sizes: list[int]) -> nn.Sequential:
@@ -138,7 +139,7 @@ class Decoder(nn.Module):
         conv = config.architecture == "conv"
         self.net = mlp([config.latent_dim, *reversed(config.hidden_sizes), conv_width(config) if conv else config.input_dim])
         self.head = deconv_head(config) if conv else None
-        learn_var = config.likelihood == "gaussian" and config.gaussian_variance == "learned"
+        learn_var = config.likelihood in ("gaussian", "table") and config.gaussian_variance == "learned"
         # One log-variance per feature, shared across examples: stable and enough for tabular data.
         self.log_var = nn.Parameter(
             torch.full((config.input_dim,), float(config.fixed_log_var)), requires_grad=learn_var
@@ -157,10 +158,14 @@ class Decoder(nn.Module):
         if self.config.likelihood == "bernoulli":
             return bernoulli_log_prob(params, x)
         log_var = self.log_var.clamp(min=self.config.min_log_var)
+        if self.config.likelihood == "table":
+            return table_log_prob(params, x, log_var, self.config.table_blocks)
         return gaussian_log_prob(params, log_var.expand_as(params), x)
 
     def mean(self, params: torch.Tensor) -> torch.Tensor:
-        """E[x|z]: pixel probabilities or the Gaussian mean."""
+        """E[x|z]: pixel probabilities, the Gaussian mean, or a table's per-block means."""
+        if self.config.likelihood == "table":
+            return table_mean(params, self.config.table_blocks)
         return torch.sigmoid(params) if self.config.likelihood == "bernoulli" else params
 
 

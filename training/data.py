@@ -24,25 +24,29 @@ INSTALL_HINT = "install it with `sudo apt-get install dataset-fashion-mnist` or 
 class DataSpec:
     """Which data to load; saved in checkpoints so evaluation and export rebuild the same splits."""
 
-    kind: str = "fashion-mnist"  # fashion-mnist | images | features
-    path: str | None = None  # Fashion-MNIST folder, an image folder, or a .npy/.csv feature file
-    test_path: str | None = None  # features only: a held-out test matrix
+    kind: str = "fashion-mnist"  # fashion-mnist | images | table | features
+    path: str | None = None  # Fashion-MNIST folder, an image folder, a table (CSV/Parquet), or a .npy/.csv matrix
+    test_path: str | None = None  # table and features only: a held-out test file
     classes: tuple[int, ...] = ()  # fashion-mnist only: training classes kept (empty: all)
     class_names: tuple[str, ...] = ()  # images only: the class folders that are normal (empty: all)
     image_size: tuple[int, int] | None = None  # images only: (H, W); None: the most common size
     channels: int | None = None  # images only: 1 or 3; None: 3 if any image is in colour
+    categorical: tuple[str, ...] = ()  # table only: columns read as categories whatever their values
+    ignore: tuple[str, ...] = ()  # table only: columns dropped (ids, timestamps)
     val_fraction: float = 1 / 12
     seed: int = 0
 
     def to_dict(self) -> dict[str, object]:
         return {**asdict(self), "classes": list(self.classes), "class_names": list(self.class_names),
-                "image_size": list(self.image_size) if self.image_size else None}
+                "image_size": list(self.image_size) if self.image_size else None,
+                "categorical": list(self.categorical), "ignore": list(self.ignore)}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> DataSpec:
         size = data.get("image_size")
         return cls(**{**data, "classes": tuple(data.get("classes", ())),
                       "class_names": tuple(data.get("class_names", ())),
+                      "categorical": tuple(data.get("categorical", ())), "ignore": tuple(data.get("ignore", ())),
                       "image_size": (int(size[0]), int(size[1])) if size else None})
 
 
@@ -55,13 +59,17 @@ def load_dataset(spec: DataSpec) -> Dataset:
         if not spec.path:
             raise DatasetError("an image dataset needs a folder")
         data = load_images(spec)
+    elif spec.kind == "table":
+        if not spec.path:
+            raise DatasetError("a table dataset needs a CSV or Parquet file")
+        data = load_table(spec)
     elif spec.kind == "features":
         if not spec.path:
             raise DatasetError("a features dataset needs a path to a .npy or .csv file")
         data = load_tabular(Path(spec.path), test_path=Path(spec.test_path) if spec.test_path else None,
                             val_fraction=spec.val_fraction, seed=spec.seed)
     else:
-        raise DatasetError(f"unknown dataset kind {spec.kind!r}: use fashion-mnist, images or features")
+        raise DatasetError(f"unknown dataset kind {spec.kind!r}: use fashion-mnist, images, table or features")
     data.spec = spec
     return data
 
@@ -200,6 +208,35 @@ def split_indices(n: int, *, val_fraction: float, seed: int) -> tuple[np.ndarray
     perm = np.random.default_rng(seed).permutation(n)
     n_val = max(1, int(round(n * val_fraction)))
     return np.sort(perm[n_val:]), np.sort(perm[:n_val])
+
+
+def load_table(spec: DataSpec) -> Dataset:
+    """A CSV or Parquet table (training/tables.py): the schema is fitted on this file (scaling on the
+    training split), and every split is encoded by it, as the service will encode requests."""
+    from model.table_files import TableError, encode_table, read_table
+    from training.tables import describe, fit_schema, nan_share
+
+    try:
+        raw = read_table(Path(spec.path or ""))
+        if raw.rows < 3:
+            raise TableError(f"{spec.path}: a table needs at least 3 rows, got {raw.rows}")
+        train_idx, val_idx = split_indices(raw.rows, val_fraction=spec.val_fraction, seed=spec.seed)
+        schema = fit_schema(raw, train_rows=train_idx, categorical=spec.categorical, ignore=spec.ignore)
+        encoded, _ = encode_table(schema, raw)
+        test_x = encode_table(schema, read_table(Path(spec.test_path)))[0] if spec.test_path else encoded[val_idx]
+    except TableError as exc:
+        raise DatasetError(str(exc)) from None
+    import logging
+
+    logging.getLogger("vaeserve").info("table %s: %d rows, %d columns (%.1f%% empty cells) as %d features:\n%s",
+                                       spec.path, raw.rows, len(raw.columns), 100 * nan_share(raw), schema.width,
+                                       describe(schema))
+    return Dataset(
+        name=Path(spec.path or "table").stem, input_shape=(schema.width,),
+        train_x=encoded[train_idx], val_x=encoded[val_idx], test_x=test_x,
+        info={"source": str(spec.path), "test_source": str(spec.test_path) if spec.test_path else "validation split",
+              "table": schema.to_dict()},
+    )
 
 
 def load_feature_matrix(path: Path) -> np.ndarray:

@@ -314,7 +314,8 @@ def export_model(model: VAE, payload: dict[str, Any], out_dir: Path, *, train_x:
     manifest: dict[str, Any] = {
         "model": {"name": name, "version": version, "created": datetime.now(timezone.utc).isoformat(timespec="seconds")},
         "config": config.to_dict(),
-        "input": input_spec(config.input_shape, is_image=config.is_image, standardization=stats),
+        "input": input_spec(config.input_shape, is_image=config.is_image, standardization=stats,
+                            table=(payload.get("dataset") or {}).get("table")),
         "likelihood": config.likelihood,
         "graphs": graph_specs(config.input_dim, config.latent_dim, graphs=list(graphs)),
         # What /sample draws from; the VampPrior's components are baked into the sampler graph.
@@ -334,8 +335,13 @@ def export_model(model: VAE, payload: dict[str, Any], out_dir: Path, *, train_x:
     return manifest
 
 
-def input_spec(shape: tuple[int, ...], *, is_image: bool, standardization: dict[str, Any] | None) -> dict[str, Any]:
+def input_spec(shape: tuple[int, ...], *, is_image: bool, standardization: dict[str, Any] | None,
+               table: dict[str, Any] | None = None) -> dict[str, Any]:
     spec: dict[str, Any] = {"shape": list(shape), "dtype": "float32", "features": int(np.prod(shape))}
+    if table:
+        return {**spec, "range": None, "table": table,
+                "preprocessing": "records by column name (or rows in column order) encoded by `table` "
+                                 "(model/table_schema.py): numbers standardized, categories one-hot"}
     if is_image:
         colour = "RGB" if shape[0] == 3 else "grayscale"
         spec.update(range=[0.0, 1.0], layout="CHW", formats=["PNG", "JPEG"],

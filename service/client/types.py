@@ -128,6 +128,10 @@ class AnomalyScores:
     p_value_method: str | None = None  # conformal, quantile_grid (approximate), or None (no calibration)
     fdr: float | None = None
     p_value_cutoff: float | None = None  # with fdr: items with p_value <= this are flagged
+    # Table models: per item, the columns by NLL, largest first (explain=True), and the categories the
+    # model never saw in training, as {"column", "value"} (scored, not refused).
+    explanation: list[list[dict[str, Any]]] | None = None
+    unseen_categories: list[list[dict[str, Any]]] | None = None
 
     def __len__(self) -> int:
         return len(self.score)
@@ -145,7 +149,9 @@ class AnomalyScores:
                    column("p_value"), column("threshold"), np.array([r["is_anomaly"] for r in results], dtype=bool),
                    _floats([r["feature_nll"] for r in results]) if explained else None,
                    data["score_variant"], int(data["mc_samples"]), int(data["seed"]), ModelRef.from_json(data["model"]),
-                   data.get("p_value_method"), data.get("fdr"), data.get("p_value_cutoff"))
+                   data.get("p_value_method"), data.get("fdr"), data.get("p_value_cutoff"),
+                   [r.get("explanation") or [] for r in results] if explained else None,
+                   [r.get("unseen_categories") or [] for r in results])
 
 
 # ---- errors

@@ -15,9 +15,10 @@ from typing import Any, Literal
 import numpy as np
 
 from model.config import VAEConfig
+from model.table_schema import TableSchema
 from service.core.errors import InvalidInput, PayloadTooLarge
 
-Layout = Literal["flat", "nested", "png", "npy"]
+Layout = Literal["flat", "nested", "png", "npy", "records"]
 # Images are opened as these formats only, never by Pillow's autodetection: an EPS body would reach
 # Ghostscript (a remote-code-execution path where it is installed), and the API says PNG or JPEG.
 IMAGE_FORMATS = ("PNG", "JPEG")
@@ -40,6 +41,7 @@ class InputSpec:
     shape: tuple[int, ...]  # e.g. (1, 28, 28) or (30,)
     value_range: tuple[float, float] | None  # (0, 1) for images, None for tabular features
     is_image: bool
+    table: TableSchema | None = None  # a table model: items are records, encoded by this schema
     features: int = field(init=False)
     # Flat, the full shape, and for one-channel images the shape without the channel.
     accepted_shapes: frozenset[tuple[int, ...]] = field(init=False)
@@ -56,8 +58,10 @@ class InputSpec:
     def from_manifest(cls, manifest: dict[str, Any]) -> InputSpec:
         """From a manifest (or a model card, which carries the same `input` and `config`)."""
         value_range = manifest["input"].get("range")
+        table = manifest["input"].get("table")
         return cls(shape=tuple(manifest["input"]["shape"]), value_range=tuple(value_range) if value_range else None,
-                   is_image=VAEConfig.from_dict(manifest["config"]).is_image)
+                   is_image=VAEConfig.from_dict(manifest["config"]).is_image,
+                   table=TableSchema.from_dict(table) if table else None)
 
 
 def parse_items(value: Any, *, field: str, spec: InputSpec, max_items: int) -> tuple[np.ndarray, Layout]:
@@ -112,7 +116,9 @@ def parse_latents(value: Any, *, field: str, latent_dim: int, max_items: int = 1
 
 
 def format_items(values: np.ndarray, *, layout: Layout, spec: InputSpec) -> list[Any]:
-    """Answer in the caller's layout: flat lists, nested lists in the manifest's shape, or PNG."""
+    """Answer in the caller's layout: flat lists, nested lists in the manifest's shape, PNG, or a table's records."""
+    if spec.table is not None and layout != "npy":
+        return spec.table.decode(values)
     if layout == "png":
         return [encode_png(row, spec=spec) for row in values]
     if layout == "npy":

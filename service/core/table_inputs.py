@@ -1,0 +1,58 @@
+"""Request items of a table model: records by column name, rows in column order, or a numeric array
+(NaN where missing) -> the encoded matrix the graphs take, by the manifest's TableSchema; and back."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from model.table_schema import TableInputError, TableSchema
+from service.core.errors import InvalidInput, PayloadTooLarge
+
+
+def parse_table_items(value: Any, *, field: str, schema: TableSchema,
+                      max_items: int) -> tuple[np.ndarray, list[dict[str, Any]]]:
+    """-> ((n, width) float32, the unseen categories as {"item", "column", "value"}); every error names
+    the item and the column."""
+    if isinstance(value, np.ndarray):
+        return _parse_array(value, field=field, schema=schema, max_items=max_items)
+    if not isinstance(value, list) or not value:
+        raise InvalidInput(f"{field}: must be a non-empty list of records (objects by column name) or rows "
+                           f"(lists in column order)")
+    if len(value) > max_items:
+        raise PayloadTooLarge(f"{field}: {len(value)} items exceed the limit of {max_items} per request")
+    try:
+        return schema.encode_records(value)
+    except TableInputError as exc:
+        raise InvalidInput(f"{field}{exc}") from None
+
+
+def _parse_array(array: np.ndarray, *, field: str, schema: TableSchema,
+                 max_items: int) -> tuple[np.ndarray, list[dict[str, Any]]]:
+    """Plain numbers (an .npy body, or JSON rows of numbers only): one column per schema column."""
+    names = [c.name for c in schema.columns]
+    if array.ndim != 2 or array.shape[1] != len(names) or len(array) == 0:
+        raise InvalidInput(f"{field}: a numeric array for this table must be (n, {len(names)}), columns in this "
+                           f"order: {names}; got shape {list(array.shape)}")
+    if len(array) > max_items:
+        raise PayloadTooLarge(f"{field}: {len(array)} items exceed the limit of {max_items} per request")
+    if array.dtype.kind not in "fiu":
+        raise InvalidInput(f"{field}: the array must be numeric, got dtype {array.dtype}")
+    categorical = [c.name for c in schema.categorical]
+    values: dict[str, Any] = {}
+    for j, column in enumerate(schema.columns):
+        column_values = array[:, j].astype(np.float64)
+        # A categorical column of numbers (e.g. --categorical zone) still reads from numbers: level "3" from 3.0.
+        values[column.name] = column_values.tolist() if column.name in categorical else column_values
+    try:
+        return schema.encode_columns(values, len(array))
+    except TableInputError as exc:
+        raise InvalidInput(f"{field}{exc}") from None
+
+
+def explanation(schema: TableSchema, feature_nll: np.ndarray) -> tuple[list[float], list[dict[str, Any]]]:
+    """One item's per-feature NLL -> (per-column NLL in column order, columns by NLL, largest first)."""
+    per_column = schema.column_nll(np.asarray(feature_nll)[None])[0]
+    ranked = sorted(zip((c.name for c in schema.columns), per_column.tolist()), key=lambda item: -item[1])
+    return per_column.tolist(), [{"column": name, "nll": nll} for name, nll in ranked]
