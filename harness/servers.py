@@ -49,6 +49,7 @@ def start_server(artifacts: Path, log_dir: Path, *, wait_ready: bool = True, tim
     port = free_port()
     env = {**os.environ, "VAESERVE_ARTIFACTS_DIR": str(artifacts), "VAESERVE_PORT": str(port),
            "VAESERVE_HOST": "127.0.0.1", "PYTHONPATH": str(REPO)}
+    settings.setdefault("data_dir", log_dir / "data")  # each server its own store unless a test shares one
     env.update({f"VAESERVE_{k.upper()}": str(v) for k, v in settings.items()})
     log_dir.mkdir(parents=True, exist_ok=True)
     log_path = log_dir / f"server-{port}.log"

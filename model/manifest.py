@@ -71,7 +71,11 @@ def verified_bytes(path: Path, expected_sha256: str) -> bytes:
     runs is exactly what was verified. ArtifactError, naming the file, when it is missing or differs."""
     if not path.is_file():
         raise ArtifactError(f"artifact file {path.name} is missing from {path.parent}")
-    data = path.read_bytes()
+    return check_sha256(path.read_bytes(), expected_sha256, path)
+
+
+def check_sha256(data: bytes, expected_sha256: str, path: Path) -> bytes:
+    """The bytes read from path, if their sha256 is the manifest's; else ArtifactError naming the file."""
     actual = hashlib.sha256(data).hexdigest()
     if actual != expected_sha256:
         raise ArtifactError(

@@ -13,7 +13,6 @@ import numpy as np
 from model.table_schema import TableInputError, TableSchema
 
 NULL_VALUES = ["", "NA", "N/A", "NaN", "nan", "null", "NULL", "None"]
-TABLE_SUFFIXES = (".csv", ".parquet", ".pq")
 
 
 class TableError(ValueError):
@@ -47,7 +46,7 @@ def read_table(path: Path) -> RawTable:
 
             table = pcsv.read_csv(path, convert_options=pcsv.ConvertOptions(
                 null_values=NULL_VALUES, strings_can_be_null=True))
-    except (pa.ArrowInvalid, OSError) as exc:
+    except (pa.ArrowException, OSError) as exc:
         raise TableError(f"{path}: not a readable {'Parquet' if path.suffix != '.csv' else 'CSV'} table: "
                          f"{str(exc).splitlines()[0]}") from None
     columns: dict[str, np.ndarray | list[Any]] = {}

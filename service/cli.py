@@ -40,7 +40,11 @@ def add_commands(sub: Any) -> None:
                     "reconstruction_nll, kl, percentile, threshold, is_anomaly), through a running service (--url) "
                     "or offline on exported artifacts (--artifacts). Chunk c is scored with seed SEED + c, so "
                     "the same INPUT, --seed and --chunk-size give the same scores both ways.")
-    score.add_argument("input", type=Path, metavar="INPUT", help="items: .npy array (n, ...), .csv rows, or a PNG folder")
+    score.add_argument("input", type=Path, metavar="INPUT",
+                       help="items: .npy array (n, ...), .csv rows, .parquet, or a PNG folder; for a table model a "
+                            "CSV (header row) or Parquet table with the model's columns")
+    score.add_argument("--id-column", default=None, metavar="COLUMN",
+                       help="tables: a column to carry to the output beside each row's scores (e.g. an id)")
     score.add_argument("--out", type=Path, required=True, help="CSV to write")
     where = score.add_mutually_exclusive_group(required=True)
     where.add_argument("--url", help=f"a running service, e.g. {DEFAULT_URL}")
@@ -94,7 +98,7 @@ def _score(args: argparse.Namespace) -> int:
                            contamination=args.contamination, chunk_size=args.chunk_size)
     if args.artifacts is not None:
         scorer = OfflineScorer(args.artifacts, threads=args.threads)
-        items = read_items(args.input, spec=scorer.spec)
+        items = read_items(args.input, spec=scorer.spec, id_column=args.id_column)
         start = time.perf_counter()
         scores = score_offline(items, scorer, options)
         seconds, mode = time.perf_counter() - start, "offline"
@@ -115,7 +119,7 @@ async def _score_online(args: argparse.Namespace, options: Any) -> tuple[Any, An
     async with AsyncVAEClient(args.url, api_key=args.api_key, timeout_s=args.timeout_s, max_retries=args.max_retries,
                               max_connections=max(1, args.concurrency)) as client:
         card = await client.model_card(model=args.model, version=args.version)
-        items = read_items(args.input, spec=InputSpec.from_manifest(card))
+        items = read_items(args.input, spec=InputSpec.from_manifest(card), id_column=args.id_column)
         start = time.perf_counter()
         scores = await score_online(items, client, options, concurrency=args.concurrency, model=args.model,
                                     version=args.version)

@@ -25,6 +25,13 @@ class Settings(BaseSettings):
                                                    "and warm (false: 503 with Retry-After at once)")
     max_loaded_models: int = Field(0, ge=0, description="model versions kept loaded, least recently used unloaded "
                                                         "first (0: no limit)")
+    max_loaded_bytes: int = Field(0, ge=0, description="resident memory the loaded model versions may hold together "
+                                  "(each version's measured size, GET /models), least recently used unloaded first, "
+                                  "never one with requests in flight (0: no limit; with a model_repository)")
+    share_weights: bool | None = Field(None, description="one copy of each weight for all of a model's graphs "
+                                       "(ONNX Runtime): ~40% less memory per float32 model, numbers within float32 "
+                                       "rounding, batch-1 scorer runs ~25% slower (docs/performance.md); unset: on "
+                                       "with a model_repository and float32 precision")
     host: str = Field("127.0.0.1", description="bind address")
     port: int = Field(8000, ge=0, le=65535, description="TCP port")
     server: Literal["uvicorn", "granian"] = Field("uvicorn", description="HTTP server: uvicorn, or Granian (the "
@@ -92,6 +99,23 @@ class Settings(BaseSettings):
                                                               "many reference standard deviations")
     drift_psi_threshold: float = Field(0.25, gt=0, description="score drift when the population stability index "
                                                                "of the scores exceeds this")
+
+    # Feedback and bulk jobs (docs/feedback-and-jobs.md).
+    data_dir: Path = Field(Path("data"), description="the store (SQLite, WAL: feedback, thresholds, jobs) and job "
+                                                     "files; every worker of the service shares it")
+    score_id_secret: str | None = Field(None, description="HMAC key that signs score_ids (unset: one is generated "
+                                        "once and kept in the store)")
+    input_dir: Path | None = Field(None, description="POST /jobs may name a file under this folder instead of "
+                                                     "uploading one (unset: uploads only)")
+    max_job_upload_bytes: int = Field(1 << 30, ge=1024, description="an upload to POST /jobs before 413")
+    max_job_items: int = Field(2_000_000, ge=1, description="items in one job before 413")
+    max_active_jobs: int = Field(2, ge=1, description="queued and running jobs at once before POST /jobs gets 429")
+    job_retention_s: float = Field(7 * 86400.0, gt=0, description="finished jobs and their files are deleted "
+                                                                 "this long after they end")
+    job_batch_items: int = Field(2, ge=1, description="items a job hands the batcher at a time (small: an online "
+                                                      "request never waits long behind one)")
+    job_idle_s: float = Field(0.005, ge=0, description="a job's next batch waits until no online request has been "
+                                                       "in flight for this long (0: none right now)")
 
     def accepted_api_keys(self) -> list[str]:
         """Keys from the setting and the key file together."""

@@ -4,6 +4,7 @@ it draws what the API answers, scores an upload, interpolates, shows errors, fit
 from __future__ import annotations
 
 import base64
+import contextlib
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -38,27 +39,39 @@ def browser() -> Iterator[Browser]:
         browser.close()
 
 
-def open_page(browser: Browser, server: ServerProcess, *, width: int = 1280) -> Iterator[Page]:
-    context = browser.new_context(viewport={"width": width, "height": 900})
+def open_page(browser: Browser, url: str, *, width: int = 1280, height: int = 900) -> Iterator[Page]:
+    """The page loaded (its first drawings done); on leaving, no uncaught error may have happened in it."""
+    context = browser.new_context(viewport={"width": width, "height": height})
     page = context.new_page()
-    page.set_default_timeout(30_000)
+    page.set_default_timeout(60_000)
     crashes: list[str] = []
     page.on("pageerror", lambda exc: crashes.append(str(exc)))
-    page.goto(server.url + "/")
+    page.goto(url + "/")
     page.wait_for_selector("body[data-loaded=true]")  # set when the first samples, score and strips are drawn
     yield page
     context.close()
     assert not crashes, f"uncaught errors in the page: {crashes}"
 
 
+@contextlib.contextmanager
+def page_at(url: str, *, height: int = 900) -> Iterator[Page]:
+    """open_page in a browser of its own, for a test with its own server."""
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            yield from open_page(browser, url, height=height)
+        finally:
+            browser.close()
+
+
 @pytest.fixture
 def page(browser: Browser, server: ServerProcess) -> Iterator[Page]:
-    yield from open_page(browser, server)
+    yield from open_page(browser, server.url)
 
 
 @pytest.fixture
 def narrow_page(browser: Browser, server: ServerProcess) -> Iterator[Page]:
-    yield from open_page(browser, server, width=375)
+    yield from open_page(browser, server.url, width=375)
 
 
 def pixels(page: Page, selector: str) -> np.ndarray:

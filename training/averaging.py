@@ -8,6 +8,7 @@ training epoch on this CPU.
 from __future__ import annotations
 
 import copy
+from typing import Any
 
 import torch
 from torch import nn
@@ -37,6 +38,14 @@ class WeightAverage:
     @staticmethod
     def _tensors(model: nn.Module) -> list[torch.Tensor]:
         return [t.detach() for t in (*model.parameters(), *model.buffers())]
+
+    def state_dict(self) -> dict[str, object]:
+        """The average's weights and update count: what a resumed run needs to continue it exactly."""
+        return {"module": self.module.state_dict(), "updates": self.updates}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.module.load_state_dict(state["module"])  # copies in place: self._average stays the same tensors
+        self.updates = int(state["updates"])
 
     @torch.no_grad()
     def update(self) -> None:

@@ -11,19 +11,36 @@ import re
 from pathlib import Path
 from typing import Any
 
+from training.recipes import RECIPES, apply_recipe
+
 DEFAULT_RUN_DIR = Path("runs/default")
 DEFAULT_ARTIFACTS = Path("artifacts")
+
+
+class _Given(argparse.Action):
+    """Store the value and remember that the option was given, so a --recipe leaves it alone."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: str | None = None) -> None:
+        setattr(namespace, self.dest, values)
+        namespace.given = frozenset({*getattr(namespace, "given", ()), self.dest})
 
 
 def _add_data_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("data")
     group.add_argument("--data", default="fashion-mnist",
                        help="'fashion-mnist' (Debian's dataset-fashion-mnist), a folder of images (PNG, JPEG, WebP, "
-                            "BMP; flat, class folders, or the MVTec AD layout: docs/training.md), or a .npy/.csv "
-                            "feature matrix (rows are examples; trains a Gaussian VAE on standardized features)")
+                            "BMP; flat, class folders, or the MVTec AD layout: docs/training.md), a table with a "
+                            "header row (.csv or .parquet: numeric and categorical columns, empty cells allowed; "
+                            "docs/tables.md), or a header-less .npy/.csv numeric matrix")
     group.add_argument("--data-dir", default=None,
                        help="Fashion-MNIST IDX folder (default /usr/share/datasets/fashion-mnist)")
-    group.add_argument("--test-data", default=None, help="features only: a held-out test matrix (.npy/.csv)")
+    group.add_argument("--test-data", default=None,
+                       help="tables and matrices: a held-out test file in the same form (default: the validation split)")
+    group.add_argument("--categorical", nargs="*", default=[], metavar="COLUMN",
+                       help="tables: read these columns as categories even if their values are numbers")
+    group.add_argument("--ignore", nargs="*", default=[], metavar="COLUMN",
+                       help="tables: drop these columns (ids, timestamps); requests may still carry them")
     group.add_argument("--normal-classes", nargs="*", default=[],
                        help="the classes to train on (one-class anomaly models): Fashion-MNIST's 0-9, or an image "
                             "folder's class folder names; the others are held out as labelled anomalies. Default all")
@@ -31,7 +48,8 @@ def _add_data_options(parser: argparse.ArgumentParser) -> None:
                        help="image folders: the size every image is resized to (default: the most common size)")
     group.add_argument("--channels", type=int, choices=[1, 3], default=None,
                        help="image folders: 1 (grey) or 3 (RGB); default 3 if any image is in colour")
-    group.add_argument("--val-fraction", type=float, default=1 / 12, help="share of training data held out for validation")
+    group.add_argument("--val-fraction", type=float, default=1 / 12, action=_Given,
+                       help="share of training data held out for validation")
 
 
 def add_commands(sub: Any) -> None:
@@ -40,8 +58,8 @@ def add_commands(sub: Any) -> None:
                            formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     _add_data_options(train)
     arch = train.add_argument_group("model")
-    arch.add_argument("--latent-dim", type=int, default=20, help="latent dimensions D")
-    arch.add_argument("--hidden", type=int, nargs="+", default=[512, 512],
+    arch.add_argument("--latent-dim", type=int, default=20, action=_Given, help="latent dimensions D")
+    arch.add_argument("--hidden", type=int, nargs="+", default=[512, 512], action=_Given,
                       help="dense hidden layer widths (encoder; decoder mirrors); with --architecture conv, the "
                            "dense layers after the conv stack")
     arch.add_argument("--architecture", choices=["mlp", "conv"], default="mlp",
@@ -53,15 +71,16 @@ def add_commands(sub: Any) -> None:
                            "for images it scores anomalies far better than bernoulli on grayscale pixels)")
     arch.add_argument("--gaussian-variance", choices=["learned", "fixed"], default="learned",
                       help="Gaussian likelihood (feature data): learned per-feature variance or fixed at 1")
-    arch.add_argument("--prior", choices=["standard", "vampprior"], default="standard",
+    arch.add_argument("--prior", choices=["standard", "vampprior"], default="standard", action=_Given,
                       help="p(z): standard N(0, I), or a VampPrior (Tomczak & Welling 2018): the mixture of the "
                            "posteriors of --pseudo-inputs learned pseudo-inputs, initialized from training images")
-    arch.add_argument("--pseudo-inputs", type=int, default=500, help="VampPrior: number of pseudo-inputs N")
+    arch.add_argument("--pseudo-inputs", type=int, default=500, action=_Given, help="VampPrior: number of pseudo-inputs N")
     opt = train.add_argument_group("optimization")
-    opt.add_argument("--epochs", type=int, default=30, help="passes over the training set")
-    opt.add_argument("--batch-size", type=int, default=128, help="examples per optimizer step (global, across processes)")
-    opt.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate")
-    opt.add_argument("--lr-schedule", choices=["constant", "cosine"], default="constant",
+    opt.add_argument("--epochs", type=int, default=30, action=_Given, help="passes over the training set")
+    opt.add_argument("--batch-size", type=int, default=128, action=_Given,
+                     help="examples per optimizer step (global, across processes)")
+    opt.add_argument("--lr", type=float, default=1e-3, action=_Given, help="Adam learning rate")
+    opt.add_argument("--lr-schedule", choices=["constant", "cosine"], default="constant", action=_Given,
                      help="constant, or cosine decay from --lr to ~0 over the run")
     opt.add_argument("--objective", choices=["elbo", "iwae"], default="elbo",
                      help="elbo: the negative ELBO, one draw per example; iwae: the importance-weighted bound "
@@ -74,7 +93,11 @@ def add_commands(sub: Any) -> None:
                           "natively (CUDA bf16; CPU amx_bf16/avx512_bf16 flags) and a probe of the training step "
                           "(under ~1.5 s) measures it faster; fp32 otherwise. The choice and why are logged and saved")
     opt.add_argument("--beta", type=float, default=1.0, help="KL weight (beta-VAE, Higgins et al. 2017)")
-    opt.add_argument("--kl-warmup-steps", type=int, default=0, help="linear KL annealing from 0 to beta over N steps")
+    opt.add_argument("--kl-warmup-steps", type=int, default=0, action=_Given,
+                     help="linear KL annealing from 0 to beta over N steps")
+    opt.add_argument("--patience-epochs", type=int, default=0, action=_Given,
+                     help="early stopping: stop once the validation -ELBO has not improved for more than N epochs, "
+                          "counted only after the KL warm-up (0: run every epoch)")
     opt.add_argument("--ema-decay", type=float, default=0.999,
                      help="decay of the exponential moving average of the weights that validation, checkpoints "
                           "and export use (0: the raw weights)")
@@ -83,6 +106,15 @@ def add_commands(sub: Any) -> None:
                      help="train on grayscale pixels instead of dynamically binarized ones")
     opt.add_argument("--max-steps", type=int, default=0, help="stop after N optimizer steps (0: no limit)")
     train.add_argument("--out", type=Path, default=DEFAULT_RUN_DIR, help="run folder for checkpoints, metrics, pictures")
+    train.add_argument("--recipe", choices=sorted(RECIPES), default=None,
+                       help="a named recipe; published: the protocol of the published Fashion-MNIST NLLs (50k/10k "
+                            "split, 784-300-300-40, VampPrior 500, Adam 5e-4, batch 100, 100-epoch KL warm-up, "
+                            "patience 50 epochs; training/recipes.py). Options given on the command line win")
+    train.add_argument("--resume", action="store_true",
+                       help="continue the run in --out from its last.pt (weights, optimizer, schedule, weight "
+                            "average, random states, early stopping), with the same options; it ends as an "
+                            "uninterrupted run would")
+    train.set_defaults(given=frozenset())
     train.set_defaults(handler=_train)
 
     evaluate = sub.add_parser("evaluate", help="test -ELBO, importance-weighted NLL, active units, AUROC",
@@ -93,6 +125,8 @@ def add_commands(sub: Any) -> None:
                           help="the first N test images for the IWAE NLL, or all (0 or 'all': the published "
                                "protocol, ~11-15 min at K=5000 for the default model on 2 cores)")
     evaluate.add_argument("--out", type=Path, default=None, help="where to write evaluation.json (default: beside the checkpoint)")
+    evaluate.add_argument("--device", default="auto",
+                          help="auto (CUDA when present: the NLL's draws of 16 images per pass), cpu, cuda or cuda:N")
     evaluate.set_defaults(handler=_evaluate)
 
     export = sub.add_parser("export", help="export ONNX + TorchScript graphs, parity-check, write manifest.json",
@@ -175,20 +209,37 @@ def _data_spec(args: argparse.Namespace) -> Any:
         return DataSpec(kind="images", path=args.data, class_names=tuple(args.normal_classes),
                         image_size=tuple(args.image_size) if args.image_size else None, channels=args.channels,
                         val_fraction=args.val_fraction)
+    from model.table_files import is_table_file
+
+    if is_table_file(Path(args.data)):
+        return DataSpec(kind="table", path=args.data, test_path=args.test_data, val_fraction=args.val_fraction,
+                        categorical=tuple(args.categorical), ignore=tuple(args.ignore))
+    if args.categorical or args.ignore:
+        raise ValueError(f"--categorical and --ignore need a table with a header row (CSV or Parquet); {args.data} "
+                         "is read as a plain numeric matrix")
     return DataSpec(kind="features", path=args.data, test_path=args.test_data, val_fraction=args.val_fraction)
 
 
 def _train(args: argparse.Namespace) -> int:
     from model.config import VAEConfig
+    from model.table_schema import TableSchema
     from training.config import TrainConfig
     from training.data import load_dataset
     from training.loop import train
     from training.plots import save_curves, save_pictures
 
+    applied = apply_recipe(args.recipe, vars(args), given=set(args.given))
+    if applied:
+        logging.getLogger("vaeserve").info("recipe %s: %s", args.recipe,
+                                           ", ".join(f"--{k.replace('_', '-')} {v}" for k, v in applied.items()))
     data = load_dataset(_data_spec(args))
     image = data.spec is not None and data.spec.kind == "fashion-mnist"
+    table: Any = data.info.get("table")
+    if table and args.likelihood not in (None, "table"):
+        raise ValueError(f"--likelihood {args.likelihood}: a table is modelled per column (likelihood 'table')")
     model_config = VAEConfig(input_shape=data.input_shape, hidden_sizes=tuple(args.hidden), latent_dim=args.latent_dim,
-                             likelihood=args.likelihood or ("bernoulli" if image else "gaussian"),
+                             likelihood="table" if table else args.likelihood or ("bernoulli" if image else "gaussian"),
+                             table_blocks=TableSchema.from_dict(table).blocks() if table else (),
                              gaussian_variance=args.gaussian_variance, architecture=args.architecture,
                              prior=args.prior, pseudo_inputs=args.pseudo_inputs)
     train_config = TrainConfig(
@@ -196,9 +247,10 @@ def _train(args: argparse.Namespace) -> int:
         beta=args.beta, kl_warmup_steps=args.kl_warmup_steps, free_bits=args.free_bits, ema_decay=args.ema_decay,
         binarize=args.binarize and image and model_config.likelihood == "bernoulli", precision=args.precision,
         max_steps=args.max_steps, lr_schedule=args.lr_schedule, objective=args.objective,
+        patience_epochs=args.patience_epochs,
         train_k=args.train_k if args.train_k is not None else (5 if args.objective == "iwae" else 1),
     )
-    result = train(model_config, train_config, data, args.out)
+    result = train(model_config, train_config, data, args.out, resume=args.resume)
     import torch.distributed as dist
 
     if dist.is_initialized() and dist.get_rank() != 0:
@@ -217,21 +269,25 @@ def _evaluate(args: argparse.Namespace) -> int:
     from training.checkpoint import load_checkpoint
     from training.data import DataSpec, load_dataset
     from training.evaluate import auroc, binarize_fixed, evaluate_model, score_examples
+    from training.loop import resolve_device
     from training.nll import BINARIZATION_SEED
     from training.precision import precision_record
 
-    model, payload = load_checkpoint(args.checkpoint)
+    device = str(resolve_device(args.device))
+    model, payload = load_checkpoint(args.checkpoint, device=device)
     spec = DataSpec.from_dict(payload["data_spec"])
     data = load_dataset(spec)
     test_x = data.test_x if data.mean is None else ((data.test_x - data.mean) / data.std).astype("float32")
     binarized = bool(payload["train_config"].get("binarize")) and model.config.likelihood == "bernoulli"
     if binarized:
         test_x = binarize_fixed(test_x, seed=BINARIZATION_SEED)  # binarized once: the published NLL protocol
-    report = evaluate_model(model, test_x, iwae_k=args.iwae_k, iwae_examples=args.iwae_examples, binarized=binarized)
+    report = evaluate_model(model, test_x, iwae_k=args.iwae_k, iwae_examples=args.iwae_examples, binarized=binarized,
+                            device=device)
+    report["device"] = device
     report["test_binarized"] = bool(payload["train_config"].get("binarize"))
     report["training_precision"] = precision_record(payload)  # evaluation itself is float32 (training/nll.py)
     if (spec.classes or spec.kind == "images") and data.test_y is not None:
-        scores = score_examples(model, data.test_x, k=16)
+        scores = score_examples(model, data.test_x, k=16, device=device)
         # Fashion-MNIST: the test classes not trained on; an image folder: its labels (1 = anomaly).
         anomalous = (~__import__("numpy").isin(data.test_y, list(spec.classes)) if spec.kind == "fashion-mnist"
                      else data.test_y == 1)

@@ -42,13 +42,16 @@ class TrainConfig:
     # bound with train_k draws (Burda et al. 2015), the KL part annealed by kl_weight as the ELBO's is.
     objective: Objective = "elbo"
     train_k: int = 1
+    # Early stopping (as Tomczak & Welling's VampPrior code): the count of epochs since the best validation
+    # -ELBO restarts during the KL warm-up; the run stops once it exceeds this. 0: every epoch runs.
+    patience_epochs: int = 0
 
     def __post_init__(self) -> None:
         checks = {
             "epochs": self.epochs >= 1, "batch_size": self.batch_size >= 1, "lr": self.lr > 0,
             "beta": self.beta >= 0, "kl_warmup_steps": self.kl_warmup_steps >= 0,
             "free_bits": self.free_bits >= 0, "max_steps": self.max_steps >= 0, "ema_decay": 0 <= self.ema_decay < 1,
-            "train_k": self.train_k >= 1,
+            "train_k": self.train_k >= 1, "patience_epochs": self.patience_epochs >= 0,
         }
         for name, ok in checks.items():
             if not ok:

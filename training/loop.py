@@ -22,7 +22,12 @@ from typing import Any, cast
 import numpy as np
 import torch
 import torch.distributed as dist
-from tqdm import tqdm
+
+try:
+    from tqdm import tqdm
+except ImportError:  # a bare torch machine (benchmarks/gpu_check.py): no progress bar; the epoch lines remain
+    def tqdm(iterable: Any, **_: Any) -> Any:  # type: ignore[no-redef]
+        return iterable
 
 from model.config import VAEConfig
 from model.losses import free_bits_kl, iwae_bound
@@ -33,6 +38,7 @@ from training.config import Precision, TrainConfig
 from training.data import Dataset
 from training.evaluate import collapsed_dimensions, latent_statistics, score_examples
 from training.precision import PrecisionDecision, log_decision, rank_zeros_choice, resolve_precision
+from training.resume import Progress, read_resume_record, restore, resume_record
 
 log = logging.getLogger("vaeserve.train")
 
@@ -71,11 +77,12 @@ def batches(n: int, batch_size: int, gen: torch.Generator) -> Iterator[torch.Ten
 
 def train(
     model_config: VAEConfig, train_config: TrainConfig, data: Dataset, out_dir: Path,
-    on_epoch: Callable[[dict[str, Any], VAE], bool] | None = None,
+    on_epoch: Callable[[dict[str, Any], VAE], bool] | None = None, resume: bool = False,
 ) -> TrainResult:
     """Train, keep the best checkpoint on validation -ELBO, write metrics.jsonl; returns the final model.
 
     on_epoch(record, model) is called after each epoch; returning True stops training (benchmarks).
+    resume: continue the run in out_dir from its last.pt (training/resume.py).
     """
     rank, world = init_distributed()
     if world > 1 and rank == 0:
@@ -94,6 +101,10 @@ def train(
         train_x = (train_x - torch.from_numpy(data.mean).to(device)) / torch.from_numpy(data.std).to(device)
     if model.prior is not None:  # before DDP (which broadcasts rank 0's weights) and the average copy it
         model.prior.initialize(train_x, gen)
+    saved = read_resume_record(out_dir / "last.pt", model_config=model_config, train_config=cfg,
+                               data_spec=data.spec.to_dict() if data.spec else None) if resume else None
+    if saved is not None:  # the precision the run used, not a new probe's choice
+        cfg = replace(cfg, precision=saved["train_config"]["precision"])
     decision = _choose_precision(model, train_x, cfg, device, world=world)
     if rank == 0:
         log_decision(decision)
@@ -109,15 +120,24 @@ def train(
     val_x = _standardized(data, data.val_x)
     binarize = cfg.binarize and model_config.likelihood == "bernoulli"
     extra = _checkpoint_extra(cfg, data, decision)
-    history: list[dict[str, Any]] = []
-    best_val, step = float("inf"), 0
-    best_record: dict[str, Any] | None = None
+    progress = Progress()
+    if saved is not None:
+        extra["precision"] = saved["precision"]
+        progress = restore(saved["resume"], model=model, optimizer=optimizer, average=average, gen=gen)
+        if rank == 0:
+            log.info("resuming %s after epoch %d (step %d; best validation -elbo %.2f at epoch %d)%s", out_dir,
+                     progress.epoch, progress.step, progress.best_val, progress.best_epoch,
+                     "; it had finished (early stopping or --max-steps): nothing to resume" if progress.finished else "")
+    history, step = progress.history, progress.step
     best_path, last_path = out_dir / "best.pt", out_dir / "last.pt"
     metrics_file = (out_dir / "metrics.jsonl").open("w") if rank == 0 else None
+    if metrics_file is not None:  # a resumed run's file: the epochs last.pt holds (a later partial one is redone)
+        metrics_file.writelines(json.dumps(record) + "\n" for record in history)
     n_batches = (len(train_x) + cfg.batch_size - 1) // cfg.batch_size
     total_steps = min(cfg.epochs * n_batches, cfg.max_steps or cfg.epochs * n_batches)
-    for epoch in range(1, cfg.epochs + 1):
+    for epoch in range(progress.epoch + 1, 0 if progress.finished else cfg.epochs + 1):
         model.train()
+        warming_up = step < cfg.kl_warmup_steps  # the epoch starts inside the KL warm-up
         start = time.perf_counter()
         sums = torch.zeros(3, dtype=torch.float64)
         seen = 0
@@ -151,19 +171,29 @@ def train(
         seconds = time.perf_counter() - start
         record = _epoch_record(evaluated, val_x, cfg, epoch, step, sums / max(seen, 1), seen, seconds, device)
         history.append(record)
+        is_best = progress.observe(record["val_neg_elbo"], epoch=epoch, warming_up=warming_up)
+        progress.epoch, progress.step = epoch, step
+        progress.finished = (bool(cfg.max_steps and step >= cfg.max_steps)
+                             or progress.patience_exhausted(cfg.patience_epochs))
         if rank == 0:
             # The time left at the pace of the epochs so far: a log file shows progress too, not only tqdm.
             record["eta_s"] = round(sum(r["seconds"] for r in history) / len(history)
                                     * (min(cfg.epochs, -(-total_steps // n_batches)) - epoch), 1)
-            _report(record, history[-2] if len(history) > 1 else None, metrics_file)
-            save_checkpoint(last_path, model=evaluated, extra={**extra, "epoch": epoch, "val_neg_elbo": record["val_neg_elbo"]})
-            if record["val_neg_elbo"] < best_val:
-                best_val, best_record = record["val_neg_elbo"], record
-                save_checkpoint(best_path, model=evaluated, extra={**extra, "epoch": epoch, "val_neg_elbo": best_val})
-        if (cfg.max_steps and step >= cfg.max_steps) or (on_epoch is not None and on_epoch(record, evaluated)):
+            _report(record, history[-2] if len(history) > 1 else None, metrics_file, at_most=cfg.patience_epochs > 0)
+            meta = {**extra, "epoch": epoch, "val_neg_elbo": record["val_neg_elbo"]}
+            save_checkpoint(last_path, model=evaluated, extra={
+                **meta, "resume": resume_record(model=model, optimizer=optimizer, average=average, gen=gen,
+                                                progress=progress)})
+            if is_best:
+                save_checkpoint(best_path, model=evaluated, extra=meta)
+            if progress.patience_exhausted(cfg.patience_epochs):
+                log.info("early stopping after epoch %d: validation -elbo %.2f (epoch %d) not improved for %d epochs",
+                         epoch, progress.best_val, progress.best_epoch, progress.stale_epochs)
+        if progress.finished or (on_epoch is not None and on_epoch(record, evaluated)):
             break
     if metrics_file:
         metrics_file.close()
+    best_record = next((r for r in history if r["epoch"] == progress.best_epoch), None)
     if best_record is not None:
         _collapse_summary(best_record, cfg)
     if world > 1:
@@ -254,11 +284,13 @@ def _duration(seconds: float) -> str:
     return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.0f} min"
 
 
-def _report(record: dict[str, Any], previous: dict[str, Any] | None, metrics_file: Any) -> None:
+def _report(record: dict[str, Any], previous: dict[str, Any] | None, metrics_file: Any, *,
+            at_most: bool = False) -> None:
+    """The epoch's log line and metrics.jsonl line; at_most: early stopping may end the run sooner."""
     latent_dim = len(record["kl_per_dim"])
     log.info("epoch %3d | loss %.2f | recon %.2f | kl %.2f | val -elbo %.2f | active %d/%d | %.1fs | %.0f ex/s | "
-             "about %s left", record["epoch"], record["loss"], record["reconstruction_nll"], record["kl"],
-             record["val_neg_elbo"], record["active_units"], latent_dim, record["seconds"], record["examples_per_s"],
+             f"{'at most' if at_most else 'about'} %s left", record["epoch"], record["loss"], record["reconstruction_nll"],
+             record["kl"], record["val_neg_elbo"], record["active_units"], latent_dim, record["seconds"], record["examples_per_s"],
              _duration(record.get("eta_s", 0.0)))
     # Said when the set changes, not every epoch: a model that settles on 16 of 32 dimensions is not
     # news 56 times. The one warning is the summary at the end (_collapse_summary).

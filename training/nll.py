@@ -28,22 +28,27 @@ PROTOCOL_K = 5000
 BINARIZATION_SEED = 0  # training.evaluate.binarize_fixed(test_x, seed=0): the one binarized test set
 NOISE_SEED = 1  # importance-sampling noise: image i's K draws are the i-th (K, D) block of this generator
 DRAWS_PER_PASS = 5000  # decoder rows per pass: whole images, or blocks of one image's draws
+# On a GPU one image's 5,000 draws are too small a matrix product to fill it: 16 images per pass
+# (their (16, 5000, 784) logits are 250 MB in float32).
+CUDA_DRAWS_PER_PASS = 16 * PROTOCOL_K
 
 
 @torch.no_grad()
 def importance_weighted_nll(model: VAE, x: np.ndarray, *, k: int = PROTOCOL_K, seed: int = NOISE_SEED,
-                            draws_per_pass: int = DRAWS_PER_PASS, progress: bool = False) -> dict[str, np.ndarray]:
+                            draws_per_pass: int | None = None, progress: bool = False) -> dict[str, np.ndarray]:
     """Per image (float64): "nll" = -log (1/K) sum_k w_k (the IWAE estimate of -log p(x)) and
     "neg_elbo" = -(1/K) sum_k log w_k, for x (N, F) as the networks see it.
 
     Image i's noise is the i-th torch.randn(k, D) of a generator seeded `seed`, so the figure does not
-    depend on draws_per_pass. progress: a log line at every ~10% of the images.
+    depend on draws_per_pass (default: DRAWS_PER_PASS, CUDA_DRAWS_PER_PASS on a GPU). progress: a log
+    line at every ~10% of the images.
     """
     model.eval()
     components = model.prior_components() if model.prior is not None else None
     binary = model.config.likelihood == "bernoulli" and bool(np.isin(x, (0.0, 1.0)).all())
     gen = torch.Generator().manual_seed(seed)  # on the CPU, so a GPU gives the same draws
     device = next(model.parameters()).device
+    draws_per_pass = draws_per_pass or (CUDA_DRAWS_PER_PASS if device.type == "cuda" else DRAWS_PER_PASS)
     rows = max(1, draws_per_pass // k)  # images per pass
     nll, neg_elbo = np.empty(len(x)), np.empty(len(x))
     start_s, next_report = time.perf_counter(), max(1, len(x) // 10)

@@ -13,68 +13,26 @@ requests, which changes the kernels' blocking, not the math).
 from __future__ import annotations
 
 import asyncio
-import csv
-import re
 import sys
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from model.contract import DEFAULT_MC_SAMPLES, DEFAULT_SCORE_VARIANT, MAX_SEED, score_output
-from service.client.files import Items
+from service.core.bulk import (  # noqa: F401  (re-exported: the CLI and tests import them from here)
+    COLUMNS,
+    BulkScores,
+    ScoreOptions,
+    chunks,
+    located,
+    result_columns,
+    write_csv,
+)
 from service.core.errors import InvalidInput
 from service.core.inputs import InputSpec, parse_items
+from service.core.itemfiles import Items
 from service.core.noise import standard_normal
 from service.core.scoring import ScoreCalibration
-
-COLUMNS = ("score", "reconstruction_nll", "kl", "percentile", "p_value", "threshold", "is_anomaly")
-
-
-@dataclass(frozen=True)
-class ScoreOptions:
-    score: str = DEFAULT_SCORE_VARIANT
-    mc_samples: int = DEFAULT_MC_SAMPLES
-    seed: int = 0
-    target_fpr: float | None = None
-    contamination: float | None = None
-    chunk_size: int = 256
-
-
-@dataclass
-class BulkScores:
-    """One column per field of /anomaly-score's results, one row per item."""
-
-    columns: dict[str, np.ndarray]
-    model: dict[str, str]
-
-    @classmethod
-    def empty(cls, n: int, model: dict[str, str]) -> BulkScores:
-        columns = {name: np.zeros(n, dtype=bool if name == "is_anomaly" else np.float64) for name in COLUMNS}
-        return cls(columns, model)
-
-    def put(self, part: slice, values: dict[str, np.ndarray]) -> None:
-        for name in COLUMNS:
-            self.columns[name][part] = values[name]
-
-
-def located(message: str, start: int) -> str:
-    """A service message about `inputs[i]` of one chunk, about item start + i of INPUT instead."""
-    return re.sub(r"\binputs\[(\d+)\]", lambda m: f"INPUT item {start + int(m.group(1))}", message)
-
-
-def chunks(n: int, options: ScoreOptions) -> Iterator[tuple[slice, int]]:
-    """(items, seed) per chunk: the seeds that make offline and online agree."""
-    if options.chunk_size < 1:
-        raise ValueError(f"--chunk-size must be >= 1, got {options.chunk_size}")
-    last_seed = options.seed + (n - 1) // options.chunk_size
-    if options.seed < 0 or last_seed > MAX_SEED:
-        raise ValueError(f"--seed: chunk seeds run from seed to seed + {(n - 1) // options.chunk_size}; keep them "
-                         f"within 0..{MAX_SEED}")
-    for c, start in enumerate(range(0, n, options.chunk_size)):
-        yield slice(start, min(n, start + options.chunk_size)), options.seed + c
 
 
 class OfflineScorer:
@@ -106,12 +64,7 @@ class OfflineScorer:
         x, _ = parse_items(np.asarray(x), field="inputs", spec=self.spec, max_items=len(x))  # the service's checks
         eps = standard_normal(seed, (len(x), options.mc_samples, self.runtime.config.latent_dim))
         out = self.runtime.run(graph, {"x": x, "eps": eps})
-        scores = out[score_output(options.score)]
-        p_values = self.scoring.p_values(options.score, scores)  # None: no calibration scores (NaN, as online)
-        return {"score": scores, "reconstruction_nll": out["reconstruction_nll"], "kl": out["kl"],
-                "percentile": self.scoring.percentiles(options.score, scores),
-                "p_value": np.full(len(x), np.nan) if p_values is None else p_values,
-                "threshold": np.full(len(x), threshold), "is_anomaly": scores > threshold}
+        return result_columns(self.scoring, options.score, out, threshold)
 
 
 def progress_bar(total: int) -> Any:
@@ -148,6 +101,7 @@ async def score_online(items: Items, client: Any, options: ScoreOptions, *, conc
     if concurrency < 1:
         raise ValueError(f"--concurrency must be >= 1, got {concurrency}")
     result = BulkScores.empty(len(items), {})
+    table_columns = items.columns or []
     gate = asyncio.Semaphore(concurrency)
     bar = progress_bar(len(items))
 
@@ -156,8 +110,10 @@ async def score_online(items: Items, client: Any, options: ScoreOptions, *, conc
     async def one(part: slice, seed: int) -> None:
         async with gate:
             try:
+                chunk = ([dict(zip(table_columns, row)) for row in items.rows[part]] if items.rows is not None
+                         else np.ascontiguousarray(items.array[part]))
                 answer = await client.anomaly_score(
-                    np.ascontiguousarray(items.array[part]), mc_samples=options.mc_samples, seed=seed,
+                    chunk, mc_samples=options.mc_samples, seed=seed,
                     score=options.score, target_fpr=options.target_fpr, contamination=options.contamination,
                     model=model, version=version)
             except InvalidInputError as exc:
@@ -178,18 +134,6 @@ async def score_online(items: Items, client: Any, options: ScoreOptions, *, conc
         if bar is not None:
             bar.close()
     return result
-
-
-def write_csv(path: Path, scores: BulkScores, items: Items) -> None:
-    """One row per item: its index in INPUT (and file name for a folder), then the result columns."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    names = ["index", *(["file"] if items.names else []), *COLUMNS]
-    columns = [scores.columns[name].tolist() for name in COLUMNS]  # Python floats: shortest exact repr
-    with path.open("w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(names)
-        for i, row in enumerate(zip(*columns)):
-            writer.writerow([i, *([items.names[i]] if items.names else []), *row])
 
 
 def summary(scores: BulkScores, *, seconds: float, out: Path, mode: str, options: ScoreOptions) -> dict[str, Any]:

@@ -3,11 +3,12 @@
     from service.client import VAEClient
 
     with VAEClient("http://127.0.0.1:8000") as client:
-        scores = client.anomaly_score(x)          # x: (n, 784) float array, or one item (784,)
+        scores = client.anomaly_score(x)          # x: (n, features) float array, or one item (features,)
         scores.score, scores.is_anomaly           # (n,) arrays
+        client.anomaly_score(frame)               # a table model: a DataFrame or a list of dicts by column
 
-Items travel as .npy bodies (`Content-Type: application/x-npy`, options as query parameters), so
-neither side parses JSON floats. 429 and 503 answers are retried after the service's `Retry-After`
+Arrays travel as .npy bodies (`Content-Type: application/x-npy`, options as query parameters), so
+neither side parses JSON floats; a table's records (DataFrame rows, dicts) travel as JSON. 429 and 503 answers are retried after the service's `Retry-After`
 (exponential backoff when it sends none), as are failed connections; every other error answer is
 raised as a VAEServiceError subclass carrying the service's `error` and `error_type`.
 `AsyncVAEClient` has the same methods as coroutines.
@@ -18,12 +19,14 @@ from __future__ import annotations
 import asyncio
 import random
 import time
+from collections.abc import Iterable
 from typing import Any
 from urllib.parse import quote
 
 import httpx
 import numpy as np
 
+import service.client.closed_loop as closed_loop
 from model.contract import DEFAULT_MC_SAMPLES, DEFAULT_SCORE_VARIANT
 from service.client.types import (
     AnomalyScores,
@@ -75,6 +78,35 @@ def _items(x: Any) -> np.ndarray:
     return array[None] if array.ndim == 1 else array
 
 
+def records(x: Any) -> list[Any] | None:
+    """A table's items as JSON records when x is a pandas DataFrame or a list of dicts (None otherwise):
+    a DataFrame's NaN and NaT become null, numpy scalars plain numbers."""
+    if hasattr(x, "to_dict") and hasattr(x, "columns"):  # pandas, without importing it
+        rows = x.to_dict(orient="records")
+    elif isinstance(x, dict):
+        rows = [x]
+    elif isinstance(x, list) and x and isinstance(x[0], dict):
+        rows = x
+    else:
+        return None
+    return [{str(k): _json_value(v) for k, v in row.items()} for row in rows]
+
+
+def _json_value(value: Any) -> Any:
+    """NaN (pandas' and numpy's missing) as null, numpy scalars as plain numbers."""
+    value = value.item() if isinstance(value, np.generic) else value
+    return None if isinstance(value, float) and value != value else value
+
+
+def _body(x: Any, options: dict[str, Any]) -> dict[str, Any]:
+    """The request: JSON records for a table's DataFrame or dicts, else an .npy body with the options as
+    query parameters (the fastest form for arrays)."""
+    rows = records(x)
+    if rows is not None:
+        return {"json": {"inputs": rows, **{k: v for k, v in options.items() if v is not None}}}
+    return {"content": npy_bytes(_items(x)), "params": _params(**options)}
+
+
 def _latent(z: Any) -> list[float] | None:
     return None if z is None else np.asarray(z, dtype=np.float64).ravel().tolist()
 
@@ -88,8 +120,8 @@ class _Calls:
 
     @staticmethod
     def encode(x: Any, *, sample: bool, seed: int | None, model: str | None, version: str | None) -> Call:
-        return Call("POST", _prefix(model, version) + "/encode", params=_params(sample=sample, seed=seed),
-                    content=npy_bytes(_items(x)), parse=Encoding.from_json)
+        return Call("POST", _prefix(model, version) + "/encode", **_body(x, {"sample": sample, "seed": seed}),
+                    parse=Encoding.from_json)
 
     @staticmethod
     def reconstruct(x: Any, *, model: str | None, version: str | None) -> Call:
@@ -113,9 +145,9 @@ class _Calls:
     def anomaly_score(x: Any, *, mc_samples: int, seed: int, score: str, target_fpr: float | None,
                       contamination: float | None, fdr: float | None, explain: bool, model: str | None,
                       version: str | None) -> Call:
-        params = _params(mc_samples=mc_samples, seed=seed, score=score, target_fpr=target_fpr,
-                         contamination=contamination, fdr=fdr, explain=explain or None)
-        return Call("POST", _prefix(model, version) + "/anomaly-score", params=params, content=npy_bytes(_items(x)),
+        options = {"mc_samples": mc_samples, "seed": seed, "score": score, "target_fpr": target_fpr,
+                   "contamination": contamination, "fdr": fdr, "explain": explain or None}
+        return Call("POST", _prefix(model, version) + "/anomaly-score", **_body(x, options),
                     parse=AnomalyScores.from_json)
 
     @staticmethod
@@ -218,6 +250,48 @@ class VAEClient(_Base):
     def model_card(self, *, model: str | None = None, version: str | None = None) -> dict[str, Any]:
         return self._send(_Calls.model_card(model=model, version=version))
 
+    # ---- feedback, thresholds and jobs (service/client/closed_loop.py)
+    def feedback(self, labels: Iterable[tuple[str, str]], *, model: str | None = None) -> dict[str, Any]:
+        """Label scored items: (score_id, "anomaly" | "normal") pairs."""
+        return self._send(closed_loop.feedback(labels, model=model))
+
+    def feedback_summary(self, *, model: str | None = None) -> dict[str, Any]:
+        return self._send(closed_loop.feedback_summary(model=model))
+
+    def recalibrate(self, goal: str, *, model: str, target: float | None = None, version: str | None = None,
+                    score: str = DEFAULT_SCORE_VARIANT, prevalence: float | None = None,
+                    dry_run: bool = False) -> dict[str, Any]:
+        """A new threshold for goal target_fpr | precision | f1 (needs an admin key)."""
+        return self._send(closed_loop.recalibrate(goal, target=target, model=model, version=version, score=score,
+                                                  prevalence=prevalence, dry_run=dry_run))
+
+    def revert_threshold(self, *, model: str, version: str | None = None) -> dict[str, Any]:
+        return self._send(closed_loop.revert_threshold(model=model, version=version))
+
+    def submit_job(self, items: Any = None, *, path: str | None = None, model: str | None = None,
+                   version: str | None = None, **options: Any) -> dict[str, Any]:
+        """A bulk job: a local file or an array uploaded, or `path` in the service's input directory;
+        options as `vaeserve score` (score, mc_samples, seed, target_fpr, contamination, chunk_size)."""
+        return self._send(closed_loop.submit_job(items, path=path, model=model, version=version, options=options))
+
+    def job(self, job_id: str) -> dict[str, Any]:
+        return self._send(closed_loop.job(job_id))
+
+    def job_result(self, job_id: str) -> bytes:
+        """The job's CSV, as `vaeserve score` writes it."""
+        return self._send(closed_loop.job_result(job_id))
+
+    def cancel_job(self, job_id: str) -> dict[str, Any]:
+        return self._send(closed_loop.cancel_job(job_id))
+
+    def wait_for_job(self, job_id: str, *, timeout_s: float = 3600, poll_s: float = 0.5) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout_s
+        while (state := self.job(job_id))["state"] not in closed_loop.JOB_DONE:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"job {job_id} still {state['state']} after {timeout_s}s")
+            time.sleep(poll_s)
+        return state
+
     def health(self) -> bool:
         return self._send(_Calls.probe("/healthz"))
 
@@ -286,6 +360,33 @@ class AsyncVAEClient(_Base):
 
     async def model_card(self, *, model: str | None = None, version: str | None = None) -> dict[str, Any]:
         return await self._send(_Calls.model_card(model=model, version=version))
+
+    # ---- feedback, thresholds and jobs: as VAEClient's
+    async def feedback(self, labels: Iterable[tuple[str, str]], *, model: str | None = None) -> dict[str, Any]:
+        return await self._send(closed_loop.feedback(labels, model=model))
+
+    async def feedback_summary(self, *, model: str | None = None) -> dict[str, Any]:
+        return await self._send(closed_loop.feedback_summary(model=model))
+
+    async def recalibrate(self, goal: str, *, model: str, target: float | None = None, version: str | None = None,
+                          score: str = DEFAULT_SCORE_VARIANT, prevalence: float | None = None,
+                          dry_run: bool = False) -> dict[str, Any]:
+        return await self._send(closed_loop.recalibrate(goal, target=target, model=model, version=version,
+                                                        score=score, prevalence=prevalence, dry_run=dry_run))
+
+    async def submit_job(self, items: Any = None, *, path: str | None = None, model: str | None = None,
+                         version: str | None = None, **options: Any) -> dict[str, Any]:
+        return await self._send(closed_loop.submit_job(items, path=path, model=model, version=version,
+                                                       options=options))
+
+    async def job(self, job_id: str) -> dict[str, Any]:
+        return await self._send(closed_loop.job(job_id))
+
+    async def job_result(self, job_id: str) -> bytes:
+        return await self._send(closed_loop.job_result(job_id))
+
+    async def cancel_job(self, job_id: str) -> dict[str, Any]:
+        return await self._send(closed_loop.cancel_job(job_id))
 
     async def health(self) -> bool:
         return await self._send(_Calls.probe("/healthz"))

@@ -132,6 +132,7 @@ class AnomalyScores:
     # model never saw in training, as {"column", "value"} (scored, not refused).
     explanation: list[list[dict[str, Any]]] | None = None
     unseen_categories: list[list[dict[str, Any]]] | None = None
+    score_ids: list[str] | None = None  # per item: quote it to label the item (VAEClient.feedback)
 
     def __len__(self) -> int:
         return len(self.score)
@@ -151,7 +152,8 @@ class AnomalyScores:
                    data["score_variant"], int(data["mc_samples"]), int(data["seed"]), ModelRef.from_json(data["model"]),
                    data.get("p_value_method"), data.get("fdr"), data.get("p_value_cutoff"),
                    [r.get("explanation") or [] for r in results] if explained else None,
-                   [r.get("unseen_categories") or [] for r in results])
+                   [r.get("unseen_categories") or [] for r in results],
+                   score_ids=[r["score_id"] for r in results] if results and "score_id" in results[0] else None)
 
 
 # ---- errors

@@ -83,6 +83,7 @@ class DynamicBatcher:
         item_weight: Callable[[Batch], int] | None = None,
         wait_when_idle: bool = False,
         on_batch: Callable[[BatchStats], None] | None = None,
+        on_failure: Callable[[int], None] | None = None,
         on_queue_depth: Callable[[int], None] | None = None,
         budget: QueueBudget | None = None,
         inline_max_weight: int = 0,
@@ -108,6 +109,7 @@ class DynamicBatcher:
         # and back costs more than running it, and nothing else is waiting meanwhile.
         self.inline_max_weight = inline_max_weight
         self.on_batch = on_batch
+        self.on_failure = on_failure  # a batch raised: told how many requests it failed
         self.on_queue_depth = on_queue_depth
         self._queue: deque[_Chunk] = deque()
         self.queued_items = 0
@@ -291,6 +293,8 @@ class DynamicBatcher:
             for chunk in chunks:
                 if not chunk.future.done():
                     chunk.future.set_exception(exc)
+            if self.on_failure is not None:
+                self.on_failure(len(chunks))
             return
         finally:
             self._in_flight = 0

@@ -25,6 +25,7 @@ from service.core.metrics import Metrics
 from service.core.noise import standard_normal
 from service.core.runtime import ModelRuntime
 from service.core.scoring import ScoreCalibration
+from service.core.stats import GraphStats
 from service.core.work import Work, attribute_batch
 from service.settings import Settings
 
@@ -42,6 +43,7 @@ class ModelHandle:
     version: str = ""
     active_requests: int = 0
     drift: ModelDrift | None = None  # this version's drift windows (service/core/drift.py)
+    stats: dict[str, GraphStats] = field(default_factory=dict)  # per graph, Triton's statistics (core/stats.py)
     scoring: ScoreCalibration = field(init=False)  # thresholds, percentiles, p-values, scorer per variant
     ref: dict[str, str] = field(init=False)  # {"name", "version"}: every answer names what computed it
 
@@ -131,7 +133,7 @@ def _scorer_item_weight(feeds: dict[str, np.ndarray]) -> int:
     return max(1, -(-feeds[NOISE_INPUT].shape[1] // DEFAULT_MC_SAMPLES))
 
 
-def _batch_observer(metrics: Metrics, ref: dict[str, str], graph: str) -> Any:
+def _batch_observer(metrics: Metrics, ref: dict[str, str], graph: str, graph_stats: GraphStats) -> Any:
     labels = {"model": ref["name"], "version": ref["version"], "graph": graph}
     batch_size = metrics.batch_size.labels(**labels)
     inference = metrics.inference_time.labels(**labels)
@@ -143,6 +145,7 @@ def _batch_observer(metrics: Metrics, ref: dict[str, str], graph: str) -> Any:
         for wait in stats.queue_waits_s:
             queue_wait.observe(wait)
         attribute_batch(graph, stats)  # the requests' queue and compute times, trace spans
+        graph_stats.on_batch(stats)  # Triton's statistics extension (GET /v2/models/.../stats)
 
     return observe
 
@@ -152,6 +155,7 @@ def build_handle(runtime: ModelRuntime, *, name: str, version: str, settings: Se
     """A handle with one started batcher per graph; every graph of the model shares `budget`."""
     s = settings
     ref = {"name": name, "version": version}
+    stats = {graph: GraphStats() for graph in runtime.graphs}
     batchers = {
         graph: DynamicBatcher(
             _graph_runner(runtime, graph),
@@ -159,7 +163,7 @@ def build_handle(runtime: ModelRuntime, *, name: str, version: str, settings: Se
             wait_when_idle=s.batch_wait_when_idle, budget=budget, inline_max_weight=s.inline_batch_max_weight,
             max_queue_items=s.max_queue_items, request_timeout_s=s.request_timeout_s, executor=executor,
             item_weight=_scorer_item_weight if NOISE_INPUT in runtime.inputs(graph) else None,
-            on_batch=_batch_observer(metrics, ref, graph),
+            on_batch=_batch_observer(metrics, ref, graph, stats[graph]), on_failure=stats[graph].on_failure,
             on_queue_depth=metrics.queue_depth.labels(model=ref["name"], version=ref["version"], graph=graph).set,
         )
         for graph in runtime.graphs
@@ -168,7 +172,7 @@ def build_handle(runtime: ModelRuntime, *, name: str, version: str, settings: Se
         batcher.start()
     spec = InputSpec.from_manifest(runtime.manifest)
     return ModelHandle(runtime, batchers, spec, runtime.manifest.get("calibration", {}), name=name, version=version,
-                       drift=drift)
+                       drift=drift, stats=stats)
 
 
 async def drain_handle(handle: ModelHandle, timeout_s: float) -> bool:

@@ -64,8 +64,10 @@ class InputSpec:
                    table=TableSchema.from_dict(table) if table else None)
 
 
-def parse_items(value: Any, *, field: str, spec: InputSpec, max_items: int) -> tuple[np.ndarray, Layout]:
-    """A non-empty list of items (or an .npy array) -> ((n, F) float32, the layout to answer in)."""
+def parse_items(value: Any, *, field: str, spec: InputSpec, max_items: int,
+                resize: bool = False) -> tuple[np.ndarray, Layout]:
+    """A non-empty list of items (or an .npy array) -> ((n, F) float32, the layout to answer in).
+    resize: an image of another size than the model's is resized to it (bilinear) instead of refused."""
     if isinstance(value, np.ndarray):
         return _parse_array(value, field=field, spec=spec, max_items=max_items), "npy"
     if not isinstance(value, list) or not value:
@@ -73,7 +75,7 @@ def parse_items(value: Any, *, field: str, spec: InputSpec, max_items: int) -> t
     if len(value) > max_items:
         raise PayloadTooLarge(f"{field}: {len(value)} items exceed the limit of {max_items} per request")
     if isinstance(value[0], str):
-        return _parse_pngs(value, field=field, spec=spec), "png"
+        return _parse_pngs(value, field=field, spec=spec, resize=resize), "png"
     try:
         array = np.asarray(value)
     except ValueError:
@@ -165,7 +167,7 @@ def is_image_list(value: Any) -> bool:
     return isinstance(value, list) and bool(value) and isinstance(value[0], str)
 
 
-def _parse_pngs(value: list[Any], *, field: str, spec: InputSpec) -> np.ndarray:
+def _parse_pngs(value: list[Any], *, field: str, spec: InputSpec, resize: bool) -> np.ndarray:
     if not spec.is_image:
         raise InvalidInput(f"{field}: this model takes numeric feature lists, not images")
     from PIL import Image
@@ -195,6 +197,10 @@ def _parse_pngs(value: list[Any], *, field: str, spec: InputSpec) -> np.ndarray:
                                   f"({max(MIN_REQUEST_PIXELS, REQUEST_PIXEL_FACTOR * height * width * len(value))} "
                                   "in all); send smaller images or fewer per request")
         images.append(opened)
+    for i, opened in enumerate(images):  # after the bounds: too many pixels is a 413 whatever the sizes
+        if opened.size != (width, height) and not resize:
+            raise InvalidInput(f"{field}[{i}]: a {opened.size[0]}x{opened.size[1]} image; this model takes "
+                               f"{width}x{height} (send \"resize\": true to have it resized)")
     colour = len(spec.shape) == 3 and spec.shape[0] == 3
     rows = np.empty((len(value), spec.features), dtype=np.float32)
     for i, opened in enumerate(images):

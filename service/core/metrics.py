@@ -52,6 +52,10 @@ class Metrics:
                                        ["model", "version", "variant"], buckets=SCORE_BUCKETS, registry=r)
         self.model_info = Gauge("vaeserve_model_info", "A loaded model version (value is always 1)",
                                 ["name", "version", "backend", "device"], registry=r, multiprocess_mode="livemax")
+        # Summed over workers: each holds its own copy (VAESERVE_MAX_LOADED_BYTES is per process).
+        self.model_memory = Gauge("vaeserve_model_memory_bytes", "Resident memory a loaded model version added "
+                                  "when it loaded (measured: service/core/memory.py)", ["model", "version"],
+                                  registry=r, multiprocess_mode="livesum")
         # With several workers: 1 only when every live worker is ready.
         self.ready = Gauge("vaeserve_ready", "1 when the model is verified, warmed up and serving", registry=r,
                            multiprocess_mode="livemin")
@@ -83,8 +87,11 @@ class Metrics:
                                            "|shadow score - served score| per item", ["model", "version"],
                                            buckets=(0.01, 0.1, 0.5, 1, 2, 5, 10, 20, 50, 100, 500), registry=r)
 
-    def model_loaded(self, *, name: str, version: str, backend: str, device: str) -> None:
+    def model_loaded(self, *, name: str, version: str, backend: str, device: str,
+                     memory_bytes: int | None = None) -> None:
         self.model_info.labels(name=name, version=version, backend=backend, device=device).set(1)
+        if memory_bytes is not None:
+            self.model_memory.labels(model=name, version=version).set(memory_bytes)
 
     def model_unloaded(self, *, name: str, version: str, graphs: list[str]) -> None:
         """Drop the version's series so label sets stay bounded by what is loaded."""
@@ -94,6 +101,7 @@ class Metrics:
                     self.model_info.labels(*labels).set(0)
             for graph in graphs:
                 self.queue_depth.labels(name, version, graph).set(0)
+            self.model_memory.labels(name, version).set(0)
             return
         for metric in (self.queue_wait, self.inference_time, self.batch_size, self.queue_depth):
             for graph in graphs:
@@ -105,6 +113,7 @@ class Metrics:
             if labels[:2] == (name, version):
                 self.anomaly_score.remove(*labels)
         _remove(self.model_requests, name, version)
+        _remove(self.model_memory, name, version)
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

@@ -1,7 +1,12 @@
 """Verified loading of exported graphs and one `run` call per graph, on ONNX Runtime or TorchScript.
 
 Each file's bytes are checked against the manifest's sha256 and then loaded from those same bytes,
-so what runs is exactly what was verified. torch is imported only for the TorchScript backend.
+so what runs is exactly what was verified (a file verified before, unchanged since, is not hashed
+again: core/verified.py). torch is imported only for the TorchScript backend.
+
+How the ONNX Runtime sessions hold memory is a `SessionLayout`: a model repository serves many
+small models, so there the sessions grow no arenas and may share one copy of the weights
+(core/weights.py); docs/performance.md, "Models per GiB", has the figures.
 """
 
 from __future__ import annotations
@@ -17,12 +22,27 @@ import numpy as np
 
 from model.config import VAEConfig
 from model.contract import DEFAULT_MC_SAMPLES, REQUIRED_GRAPHS
-from model.manifest import ArtifactError, load_manifest, verified_file
+from model.manifest import ArtifactError, load_manifest
+from service.core.verified import VerifiedFiles
+from service.core.weights import SharedWeights
 
 log = logging.getLogger("vaeserve.runtime")
 
 Feeds = dict[str, np.ndarray]
 GraphFn = Callable[[Feeds], Feeds]
+
+
+@dataclass(frozen=True)
+class SessionLayout:
+    """How one model's ONNX Runtime sessions hold memory."""
+
+    # A per-session CPU arena keeps the largest batch it ever ran (a warm-up batch of 64 scorer items
+    # is MiBs) for every graph of every model; without one, a run's buffers go back when it ends.
+    arena: bool = True
+    # One copy of each weight for all the model's graphs, instead of each session's own packed copy.
+    # ONNX Runtime (Python) cannot share packed weights, so the GEMMs pack per run: numbers differ
+    # in float32 rounding (1e-7 relative) and a batch-1 scorer run takes ~25% longer.
+    share_weights: bool = False
 
 
 @dataclass
@@ -36,6 +56,8 @@ class ModelRuntime:
     graphs: dict[str, GraphFn]
     artifacts_dir: Path
     precision: str = "float32"  # int8: the graphs of `vaeserve export --quantize int8`, where there is one
+    weights: SharedWeights | None = None  # the arrays the sessions share (kept alive with them)
+    memory_bytes: int | None = None  # measured by the loader: resident memory this version added
 
     @property
     def name(self) -> str:
@@ -67,26 +89,31 @@ class ModelRuntime:
 
 
 def load_runtime(artifacts_dir: Path, *, backend: str, device: str, intra_op_threads: int = 0,
-                 precision: str = "float32") -> ModelRuntime:
+                 precision: str = "float32", layout: SessionLayout = SessionLayout(),
+                 verified: VerifiedFiles | None = None) -> ModelRuntime:
     """Read the manifest, verify and load every graph for the chosen backend, device and precision."""
     manifest = load_manifest(artifacts_dir, verify_files=False)
     config = VAEConfig.from_dict(manifest["config"])
     int8 = _int8_files(manifest, backend=backend, directory=artifacts_dir) if precision == "int8" else {}
-    loader = _load_onnx if backend == "onnxruntime" else _load_torchscript
+    verified = verified if verified is not None else VerifiedFiles()
+    weights = SharedWeights() if layout.share_weights and backend == "onnxruntime" else None
     graphs: dict[str, GraphFn] = {}
     resolved_device = "cpu"
     for name, spec in manifest["graphs"].items():
         file_name = int8.get(name) or spec["onnx" if backend == "onnxruntime" else "torchscript"]
-        data = verified_file(artifacts_dir, file_name, manifest)
-        graphs[name], resolved_device = loader(data, {**spec, "onnx": file_name}, device=device,
-                                               threads=intra_op_threads)
+        data = verified.read(artifacts_dir, file_name, manifest)
+        if backend == "onnxruntime":
+            graphs[name], resolved_device = _load_onnx(data, {**spec, "onnx": file_name}, device=device,
+                                                       threads=intra_op_threads, arena=layout.arena, weights=weights)
+        else:
+            graphs[name], resolved_device = _load_torchscript(data, spec, device=device, threads=intra_op_threads)
     # A VampPrior model's /sample needs its sampler graph (the mixture's components are baked in there).
     missing = {*REQUIRED_GRAPHS, *(["sampler"] if config.prior == "vampprior" else [])} - set(graphs)
     if missing:
         raise ArtifactError(f"manifest lacks graphs {sorted(missing)}")
     log.info("loaded %s %s on %s/%s (%s) from %s", manifest["model"]["name"], manifest["model"]["version"],
              backend, resolved_device, precision, artifacts_dir)
-    return ModelRuntime(manifest, config, backend, resolved_device, graphs, Path(artifacts_dir), precision)
+    return ModelRuntime(manifest, config, backend, resolved_device, graphs, Path(artifacts_dir), precision, weights)
 
 
 def _int8_files(manifest: dict[str, Any], *, backend: str, directory: Path) -> dict[str, str]:
@@ -100,7 +127,8 @@ def _int8_files(manifest: dict[str, Any], *, backend: str, directory: Path) -> d
     return {name: str(graph["onnx"]) for name, graph in graphs.items()}
 
 
-def _load_onnx(data: bytes, spec: dict[str, Any], *, device: str, threads: int) -> tuple[GraphFn, str]:
+def _load_onnx(data: bytes, spec: dict[str, Any], *, device: str, threads: int, arena: bool = True,
+               weights: SharedWeights | None = None) -> tuple[GraphFn, str]:
     import onnxruntime as ort
 
     available = ort.get_available_providers()
@@ -113,11 +141,25 @@ def _load_onnx(data: bytes, spec: dict[str, Any], *, device: str, threads: int) 
     # Idle pool threads would spin waiting for the next batch, burning a core between batches: a
     # single-item request cost 0.92 ms of server CPU with spinning, 0.59 without, at the same rate.
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.enable_cpu_mem_arena = arena
+    if weights is not None and not use_cuda:
+        # Packing would give each session its own copy again, beside the shared one.
+        options.add_session_config_entry("session.disable_prepacking", "1")
+        try:
+            shared = weights.for_graph(data)
+        except ValueError as exc:
+            raise ArtifactError(f"{spec['onnx']}: {exc}") from exc
+        for initializer, array in shared.items():
+            options.add_initializer(initializer, weights.ort_value(array))
     providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if use_cuda else ["CPUExecutionProvider"]
     try:
         session = ort.InferenceSession(data, sess_options=options, providers=providers)
     except Exception as exc:  # onnxruntime raises its own exception types for bad models
         raise ArtifactError(f"ONNX Runtime cannot load {spec['onnx']}: {exc}") from exc
+    if not use_cuda and getattr(session, "_model_bytes", None) is data:
+        # The Python wrapper keeps the model's bytes for life, only to re-create the session when a GPU
+        # provider fails (its own TODO calls it bad): a whole copy of the weights per graph, for nothing on CPU.
+        session._model_bytes = None
     outputs = [o["name"] for o in spec["outputs"]]
 
     def run(feeds: Feeds) -> Feeds:

@@ -9,6 +9,17 @@ import numpy as np
 
 from model.table_schema import TableInputError, TableSchema
 from service.core.errors import InvalidInput, PayloadTooLarge
+from service.core.inputs import InputSpec, Layout, parse_items
+
+
+def parse_model_items(value: Any, *, field: str, spec: InputSpec, max_items: int,
+                      resize: bool = False) -> tuple[np.ndarray, Layout, list[dict[str, Any]]]:
+    """Any model's items -> (the matrix its graphs take, the layout to answer in, a table's unseen
+    categories): a table model's records or rows, else parse_items."""
+    if spec.table is not None:
+        x, unseen = parse_table_items(value, field=field, schema=spec.table, max_items=max_items)
+        return x, "records", unseen
+    return (*parse_items(value, field=field, spec=spec, max_items=max_items, resize=resize), [])
 
 
 def parse_table_items(value: Any, *, field: str, schema: TableSchema,

@@ -22,7 +22,7 @@ from service.http.keys import is_upkeep
 
 RECEIVED = "vaeserve.received"  # scope["extensions"][RECEIVED]["monotonic_s"]: when its first bytes were read
 MAX_WAIT_SHARE_OF_TIMEOUT = 0.5  # the batcher refuses work it expects to wait longer than this share too
-NOT_ADMITTED = ("/admin/", "/v2/repository/")  # control-plane POSTs: not load, never shed
+NOT_ADMITTED = ("/admin/", "/v2/repository/", "/jobs")  # control plane and job uploads: not load, never shed
 
 
 def received_at(scope: Mapping[str, Any]) -> float | None:
@@ -39,6 +39,7 @@ class InFlight:
     def __init__(self, metrics: Metrics) -> None:
         self.count = 0
         self.gauge = metrics.in_flight
+        self.last_left_s = 0.0  # time.monotonic() when the last one ended: how long the service has been quiet
 
     @staticmethod
     def counts(scope: Mapping[str, Any]) -> bool:
@@ -52,6 +53,11 @@ class InFlight:
     def leave(self) -> None:
         self.count -= 1
         self.gauge.dec()
+        self.last_left_s = time.monotonic()
+
+    def quiet_s(self) -> float:
+        """Seconds since the last model request ended (0 while one is in flight)."""
+        return 0.0 if self.count else time.monotonic() - self.last_left_s
 
 
 class Admission:

@@ -14,6 +14,9 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 from starlette.middleware.cors import CORSMiddleware
 
+from model.table_schema import MISSING_LEVEL
+from service.core.bookkeeping import Bookkeeping
+from service.core.inputs import InputSpec
 from service.core.metrics import Metrics
 from service.core.registry import LOAD_ERRORS, ModelRegistry
 from service.http import schemas
@@ -23,13 +26,14 @@ from service.http.middleware.edge import RequestEdge
 from service.http.middleware.fastlane import FastLane
 from service.http.quotas import QuotaGate, load_keys_and_quotas, reload_keys_and_quotas
 from service.http.requests import configure_logging
-from service.http.routes import admin, cards, drift, health, inference, models, v2, web
+from service.http.routes import admin, cards, drift, feedback, health, inference, jobs, models, thresholds, v2, web
 from service.http.tracing import make_tracer
 from service.settings import Settings
 
 log = logging.getLogger("vaeserve.app")
 # The route table: the hot routes first (matched first), then the rest.
-ROUTERS = (inference.router, health.router, cards.router, models.router, web.router, v2.router, admin.router, drift.router)
+ROUTERS = (inference.router, health.router, cards.router, models.router, web.router, v2.router, admin.router, drift.router,
+           feedback.router, thresholds.router, jobs.router)
 # A request allocates a few hundred tracked objects (frames, dicts, futures); at CPython's default
 # of 700 a young-generation collection ran every few requests and cost 16% of a single-item
 # request's CPU (in-process A/B, 64 concurrent). Nothing here builds reference cycles in bulk.
@@ -44,7 +48,9 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     gc.set_threshold(GC_YOUNG_THRESHOLD, *gc.get_threshold()[1:])
     loading = loop.create_task(app.state.registry.start())
     _reload_on_sighup(app, loop)
+    await app.state.bookkeeping.start()  # the store, threshold policies, the job runner
     yield
+    await app.state.bookkeeping.stop()  # running jobs go back to the queue for the next start
     if not loading.done():
         loading.cancel()
     app.state.metrics.ready.set(0)
@@ -79,8 +85,23 @@ def custom_openapi(app: FastAPI) -> dict[str, Any]:
         body = model.model_json_schema(ref_template="#/components/schemas/{model}")
         components.update(body.pop("$defs", {}))
         components[model.__name__] = body
+    handle = app.state.registry.handle
+    if handle is None:  # not loaded yet: the examples cannot show the model's items; ask again later
+        return schema
+    item = example_item(handle.spec)
+    for name in ("EncodeRequest", "ReconstructRequest", "AnomalyScoreRequest"):
+        components[name]["examples"] = [{**example, "inputs": [item]} for example in components[name].get("examples", [{}])]
     app.openapi_schema = schema
     return schema
+
+
+def example_item(spec: InputSpec) -> Any:
+    """One item of the default model for the documentation's examples: a table's record (column means, the
+    most frequent levels), or zeros of the model's size."""
+    if spec.table is not None:
+        return {c.name: round(c.mean, 3) if c.kind == "numeric" else next(
+            (level for level in c.levels if level != MISSING_LEVEL), None) for c in spec.table.columns}
+    return [0.0] * spec.features
 
 
 def create_app(settings: Settings, *, tracer_provider: Any = None) -> FastAPI:
@@ -110,6 +131,8 @@ def create_app(settings: Settings, *, tracer_provider: Any = None) -> FastAPI:
                            expose_headers=["X-Request-ID", "Retry-After", "RateLimit-Limit", "RateLimit-Remaining",
                                            "RateLimit-Reset"])
     in_flight = app.state.in_flight = InFlight(metrics)
+    # Jobs run when online requests leave room (service/core/jobs/runner.py).
+    app.state.bookkeeping = Bookkeeping(settings, app.state.registry, quiet_s=in_flight.quiet_s)
     # Outermost: the request ID, access log line, metrics and span cover everything inside, refusals included.
     app.state.quota_gate = QuotaGate(state=app.state, metrics=metrics)
     app.add_middleware(RequestEdge, keyring=app.state.keyring, quotas=app.state.quota_gate,

@@ -18,9 +18,11 @@ ADMIN_PREFIX = "/admin/"
 
 
 def is_admin(path: str) -> bool:
-    """/admin/* and the v2 repository extension's load and unload change what the service serves."""
+    """/admin/*, the v2 repository extension's load and unload, and a model's threshold recalibration
+    and revert change what the service serves."""
     return path.startswith(ADMIN_PREFIX) or (
-        path.startswith("/v2/repository/models/") and path.endswith(("/load", "/unload")))
+        path.startswith("/v2/repository/models/") and path.endswith(("/load", "/unload"))) or (
+        path.startswith("/models/") and path.endswith(("/threshold/recalibrate", "/threshold/revert")))
 
 
 def is_page(path: str) -> bool:

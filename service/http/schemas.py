@@ -20,7 +20,14 @@ class Options(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
 
-class EncodeOptions(Options):
+class ItemOptions(Options):
+    """Options of the routes that take items."""
+
+    resize: bool = Field(False, description="image models: resize a PNG or JPEG of another size to the model's "
+                                            "(bilinear); without it such an image is refused with 422")
+
+
+class EncodeOptions(ItemOptions):
     sample: bool = Field(False, description="also draw z = mu + sigma * eps with a seeded generator")
     seed: int | None = Field(None, ge=0, le=MAX_SEED, description="seed for z (default 0)")
 
@@ -30,7 +37,7 @@ class EncodeRequest(EncodeOptions):
     model_config = ConfigDict(extra="forbid", strict=True, json_schema_extra={"examples": [{"inputs": [[0.0] * 784]}]})
 
 
-class ReconstructRequest(Options):
+class ReconstructRequest(ItemOptions):
     inputs: list[Item] = Field(..., description=ITEM_DOC, min_length=1)
     model_config = ConfigDict(extra="forbid", strict=True, json_schema_extra={"examples": [{"inputs": [[0.0] * 784]}]})
 
@@ -42,7 +49,7 @@ class SampleRequest(Options):
     model_config = ConfigDict(extra="forbid", strict=True, json_schema_extra={"examples": [{"n": 4, "seed": 0, "temperature": 1.0}]})
 
 
-class InterpolateOptions(Options):
+class InterpolateOptions(ItemOptions):
     z_start: list[float] | None = Field(None, description="latent start (instead of `start`)")
     z_end: list[float] | None = Field(None, description="latent end (instead of `end`)")
     steps: int = Field(10, ge=2, le=256, description="points including both ends")
@@ -56,7 +63,7 @@ class InterpolateRequest(InterpolateOptions):
         "examples": [{"z_start": [0.0] * 20, "z_end": [1.0] * 20, "steps": 5, "method": "slerp"}]})
 
 
-class AnomalyScoreOptions(Options):
+class AnomalyScoreOptions(ItemOptions):
     mc_samples: int = Field(DEFAULT_MC_SAMPLES, ge=1, description="Monte Carlo samples K (at most the server's max_mc_samples)")
     seed: int = Field(0, ge=0, le=MAX_SEED, description="seed of the Monte Carlo noise: same request, same scores")
     score: ScoreVariant = Field(
@@ -118,6 +125,8 @@ class AnomalyResult(BaseModel):
     threshold: float | None = Field(..., description="score threshold; with fdr the lowest flagged score (null: "
                                     "none flagged)")
     is_anomaly: bool
+    score_id: str = Field(..., description="quote it in POST /models/{name}/feedback to label this item: a signed "
+                          "token naming the model version, the score and the threshold (docs/feedback-and-jobs.md)")
     feature_nll: list[float] | None = Field(None, description="per-feature reconstruction NLL; sums to reconstruction_nll")
     heatmap_png: str | None = Field(None, description="per-pixel NLL, brightest = least explained, base64 PNG")
 

@@ -68,8 +68,12 @@ def test_png_jpeg_and_npy_items_of_any_size_score_alike(colour_server: ServerPro
     normal = sorted((folder / "test" / "good").iterdir())[:6]
     defects = sorted((folder / "test" / "bag").iterdir())[:6]
     assert {p.suffix for p in normal + defects} >= {".png", ".jpg"}, "both formats are in the request"
+    refused = httpx.post(colour_server.url + "/anomaly-score", timeout=60,
+                         json={"inputs": [encoded(p) for p in normal + defects], "seed": 0})
+    assert refused.status_code == 422 and "this model takes 32x32" in refused.json()["error"], refused.text
     answer = httpx.post(colour_server.url + "/anomaly-score", timeout=60,
-                        json={"inputs": [encoded(p) for p in normal + defects], "seed": 0, "heatmap": True})
+                        json={"inputs": [encoded(p) for p in normal + defects], "seed": 0, "heatmap": True,
+                              "resize": True})
     assert answer.status_code == 200, answer.text
     scores = [r["score"] for r in answer.json()["results"]]
     assert np.mean(scores[6:]) > np.mean(scores[:6]), "the defects score higher than the normal images"
@@ -97,24 +101,16 @@ def test_samples_and_reconstructions_are_colour_images_the_model_accepts_back(co
     again = httpx.post(colour_server.url + "/anomaly-score", json={"inputs": recon.json()["reconstructions"]},
                        timeout=60)
     assert again.status_code == 200, "a Gaussian image model scores its own output"
-    png = httpx.post(colour_server.url + "/reconstruct", json={"inputs": [base64.b64encode(grid.content).decode()]},
-                     timeout=60)
+    png = httpx.post(colour_server.url + "/reconstruct", json={"inputs": [base64.b64encode(grid.content).decode()],
+                                                               "resize": True}, timeout=60)
     out = Image.open(io.BytesIO(base64.b64decode(png.json()["reconstructions"][0])))
     assert out.mode == "RGB" and out.size == (32, 32)
 
 
 def test_the_page_draws_colour_samples(colour_server: ServerProcess) -> None:
-    from playwright.sync_api import sync_playwright
+    from tests.test_web_page import ARTIFACTS, page_at
 
-    from tests.test_web_page import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS
-
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        page = browser.new_page(viewport={"width": 1280, "height": 900})
-        crashes: list[str] = []
-        page.on("pageerror", lambda exc: crashes.append(str(exc)))
-        page.goto(colour_server.url + "/")
-        page.wait_for_selector("body[data-loaded=true]", timeout=60_000)
+    with page_at(colour_server.url) as page:
         rgb = page.locator("#sample-grid button:first-child canvas").evaluate(
             """(el) => { const d = el.getContext("2d").getImageData(0, 0, el.width, el.height).data;
                          let spread = 0; for (let i = 0; i < d.length; i += 4)
@@ -122,6 +118,4 @@ def test_the_page_draws_colour_samples(colour_server: ServerProcess) -> None:
                          return [el.width, el.height, spread]; }""")
         ARTIFACTS.mkdir(exist_ok=True)
         page.screenshot(path=str(ARTIFACTS / "web-page-colour.png"), full_page=True)
-        browser.close()
-    assert not crashes, crashes
     assert rgb[:2] == [32, 32] and rgb[2] > 2, f"a colour sample drawn in colour (grey has R = G = B), got {rgb}"

@@ -57,7 +57,8 @@ def test_images_within_the_budget_decode_off_the_event_loop_and_score(server: Se
     answers: list[httpx.Response] = []
 
     def send() -> None:
-        answers.append(httpx.post(server.url + "/anomaly-score", json={"inputs": [photo] * 256}, timeout=120))
+        answers.append(httpx.post(server.url + "/anomaly-score", json={"inputs": [photo] * 256, "resize": True},
+                                      timeout=120))
 
     latencies = healthz_latencies_during(server.url, threading.Thread(target=send))
     assert answers[0].status_code == 200, answers[0].text

@@ -94,3 +94,43 @@ def test_npy_object_arrays_are_refused_without_unpickling(server: ServerProcess)
     np.save(buffer, np.array([{"a": 1}], dtype=object), allow_pickle=True)
     response = httpx.post(server.url + "/encode", content=buffer.getvalue(), headers={"content-type": "application/x-npy"})
     assert response.status_code == 422 and "the .npy array must be numeric, got dtype object" in response.json()["error"]
+
+
+def test_the_model_name_the_index_lists_is_its_scorer_core_graph(client: triton.InferenceServerClient,
+                                                                 test_images) -> None:  # type: ignore[no-untyped-def]
+    [entry] = client.get_model_repository_index()
+    name = entry["name"]
+    assert client.is_model_ready(name)
+    meta = client.get_model_metadata(name)
+    assert meta["name"] == name and meta == {**client.get_model_metadata("tiny-vae.scorer_core"), "name": name}
+    config = client.get_model_config(name)
+    assert config["max_batch_size"] == 256 and config["platform"] == "onnxruntime_onnx"
+    assert config["input"] == [{"name": "x", "data_type": "TYPE_FP32", "dims": [784]},
+                               {"name": "eps", "data_type": "TYPE_FP32", "dims": [-1, 8]}]
+    outputs = {t["name"]: t for t in config["output"]}
+    assert outputs["elbo_score"] == {"name": "elbo_score", "data_type": "TYPE_FP64", "dims": [1],
+                                     "reshape": {"shape": []}}
+    assert "knn_score" not in outputs and config["dynamic_batching"]["max_queue_delay_microseconds"] == 2000
+    inputs = [triton.InferInput("x", [2, 784], "FP32"), triton.InferInput("eps", [2, 16, 8], "FP32")]
+    inputs[0].set_data_from_numpy(test_images[:2])
+    inputs[1].set_data_from_numpy(np.random.default_rng(9).standard_normal((2, 16, 8), dtype=np.float32))
+    by_model = client.infer(name, inputs=inputs).as_numpy("elbo_score")
+    np.testing.assert_array_equal(by_model, client.infer("tiny-vae.scorer_core", inputs=inputs).as_numpy("elbo_score"))
+
+
+def test_statistics_count_requests_items_and_batches_in_tritons_fields(client: triton.InferenceServerClient) -> None:
+    before = client.get_inference_statistics("decoder")["model_stats"]
+    z = triton.InferInput("z", [3, 8], "FP32")
+    z.set_data_from_numpy(np.zeros((3, 8), dtype=np.float32))
+    for _ in range(2):
+        client.infer("decoder", inputs=[z])
+    [stats] = client.get_inference_statistics("decoder")["model_stats"]
+    assert stats["name"] == "decoder" and stats["version"] == "1" and stats["last_inference"] > 0
+    count = lambda s, key: s["inference_stats"][key]["count"]  # noqa: E731
+    assert count(stats, "success") - count(before[0], "success") >= 2  # the friendly endpoints share the graph
+    assert stats["inference_count"] - before[0]["inference_count"] >= 6
+    assert stats["execution_count"] >= 2 and stats["inference_stats"]["compute_infer"]["ns"] > 0
+    assert {"queue", "compute_input", "compute_output", "fail"} <= set(stats["inference_stats"])
+    assert any(b["batch_size"] == 3 for b in stats["batch_stats"])
+    every = client.get_inference_statistics()["model_stats"]
+    assert {s["name"] for s in every} >= {"tiny-vae.encoder", "tiny-vae.decoder", "tiny-vae.scorer_core"}

@@ -33,6 +33,7 @@ class VersionSlot:
     loading: asyncio.Task[ModelHandle] | None = None
     error: str | None = None
     last_used: float = 0.0
+    memory_bytes: int | None = None  # measured at its last load (kept after an unload: the next load's estimate)
 
     @property
     def state(self) -> str:

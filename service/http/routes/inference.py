@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import orjson
@@ -18,15 +18,16 @@ from service.core.errors import InvalidInput, NotAcceptable, PayloadTooLarge
 from service.core.handle import ModelHandle
 from service.core.inputs import (
     InputSpec,
+    Layout,
     format_items,
     heatmap_png,
     is_image_list,
-    parse_items,
     parse_latents,
     png_bytes,
     to_pixels,
 )
 from service.core.npy import npy_bytes
+from service.core.table_inputs import explanation, parse_model_items
 from service.http import schemas
 from service.http.body import NPY, read_request, unless_disconnected, validate_options, wants_npy
 from service.http.deps import SettingsDep, admit_work, app_services, model_address
@@ -63,19 +64,30 @@ def answer(request: Request, payload: dict[str, Any], *, npy: np.ndarray) -> Res
     return Response(orjson.dumps(payload, option=orjson.OPT_SERIALIZE_NUMPY), media_type="application/json")
 
 
-async def _items(value: Any, *, field: str, handle: ModelHandle, max_items: int) -> tuple[np.ndarray, Any]:
-    """parse_items; images are decoded on a worker thread, so a request of large images never holds
-    the event loop (and every other request with it) while they decode."""
-    if is_image_list(value):
-        return await asyncio.get_running_loop().run_in_executor(
-            None, functools.partial(parse_items, value, field=field, spec=handle.spec, max_items=max_items))
-    return parse_items(value, field=field, spec=handle.spec, max_items=max_items)
+async def _items(value: Any, *, field: str, handle: ModelHandle, max_items: int, resize: bool = False) -> Parsed:
+    """parse_items (or, for a table model, its records); images are decoded on a worker thread, so a
+    request of large images never holds the event loop (and every other request with it) while they decode."""
+    parse = functools.partial(parse_model_items, value, field=field, spec=handle.spec, max_items=max_items,
+                              resize=resize)
+    if is_image_list(value) and handle.spec.is_image:
+        return Parsed(*await asyncio.get_running_loop().run_in_executor(None, parse))
+    return Parsed(*parse())
 
 
-async def _inputs(data: dict[str, Any], handle: ModelHandle, settings: SettingsDep) -> tuple[np.ndarray, Any]:
+class Parsed(NamedTuple):
+    """A request's items: the matrix the graphs take, the layout to answer in, and (tables) the unseen
+    categories found, as {"item", "column", "value"}."""
+
+    x: np.ndarray
+    layout: Layout
+    unseen: list[dict[str, Any]]
+
+
+async def _inputs(data: dict[str, Any], handle: ModelHandle, settings: SettingsDep) -> Parsed:
     if "inputs" not in data:
         raise InvalidInput("inputs: field required")
-    return await _items(data.pop("inputs"), field="inputs", handle=handle, max_items=settings.max_items_per_request)
+    return await _items(data.pop("inputs"), field="inputs", handle=handle, max_items=settings.max_items_per_request,
+                        resize=data.get("resize") is True)
 
 
 @router.post("/encode", response_model=schemas.EncodeResponse, responses=ERRORS,
@@ -84,7 +96,7 @@ async def encode(request: Request) -> Response:
     registry, settings = app_services(request)
     data = await read_request(request, settings)
     async with registry.use(*model_address(request)) as handle:
-        x, _ = await _inputs(data, handle, settings)
+        x = (await _inputs(data, handle, settings)).x
         options = validate_options(schemas.EncodeOptions, data)
         work = admit_work(request, handle.ref, items=len(x))
         out = await unless_disconnected(
@@ -101,8 +113,8 @@ async def reconstruct(request: Request) -> Response:
     registry, settings = app_services(request)
     data = await read_request(request, settings)
     async with registry.use(*model_address(request)) as handle:
-        x, layout = await _inputs(data, handle, settings)
-        validate_options(schemas.Options, data)
+        x, layout, _ = await _inputs(data, handle, settings)
+        validate_options(schemas.ItemOptions, data)
         work = admit_work(request, handle.ref, items=len(x))
         recon = await unless_disconnected(request, handle.reconstruct(x, work=work), size=len(x))
     return answer(request, {"model": handle.ref,
@@ -129,7 +141,7 @@ async def sample(request: Request) -> Response:
     if wants_png:
         return Response(_png_grid(samples, spec=handle.spec), media_type="image/png",
                         headers={"X-Model-Name": handle.ref["name"], "X-Model-Version": handle.ref["version"]})
-    return answer(request, {"model": handle.ref, "samples": samples, "latents": z}, npy=samples)
+    return answer(request, {"model": handle.ref, "samples": _as_items(samples, handle.spec), "latents": z}, npy=samples)
 
 
 @router.post("/interpolate", response_model=schemas.InterpolateResponse, responses=ERRORS,
@@ -150,13 +162,13 @@ async def interpolate(request: Request) -> Response:
             if latent is not None:
                 z[name] = parse_latents(latent, field=f"z_{name}", latent_dim=handle.latent_dim)
             else:
-                x, _ = await _items([ends[name]], field=name, handle=handle, max_items=1)
+                x = (await _items([ends[name]], field=name, handle=handle, max_items=1, resize=options.resize)).x
                 z[name] = (await handle.encode(x, sample=False, seed=0, work=work))["mu"][0]
         latents, outputs = await unless_disconnected(
             request, handle.interpolate(z["start"], z["end"], steps=options.steps, method=options.method, work=work),
             size=options.steps)
     return answer(request, {"model": handle.ref, "method": options.method, "latents": latents,
-                            "outputs": outputs}, npy=outputs)
+                            "outputs": _as_items(outputs, handle.spec)}, npy=outputs)
 
 
 @router.post("/anomaly-score", response_model=schemas.AnomalyScoreResponse, responses=ERRORS,
@@ -165,7 +177,7 @@ async def anomaly_score(request: Request) -> Response:
     registry, settings = app_services(request)
     data = await read_request(request, settings)
     async with registry.use(*model_address(request)) as handle:
-        x, _ = await _inputs(data, handle, settings)
+        x, _, unseen = await _inputs(data, handle, settings)
         options = validate_options(schemas.AnomalyScoreOptions, data)
         if options.heatmap and not handle.spec.is_image:
             raise InvalidInput("heatmap: only image models have pixels to draw; use explain for feature NLLs")
@@ -179,6 +191,10 @@ async def anomaly_score(request: Request) -> Response:
             raise InvalidInput(f"fdr: the model has no calibration scores for variant {options.score!r}")
         threshold, quantile = scoring.threshold(options.score, target_fpr=options.target_fpr,
                                                 contamination=options.contamination)
+        book = request.app.state.bookkeeping
+        override = book.override(handle.name, handle.version, options.score)  # a recalibrated threshold
+        if override is not None and options.target_fpr is None and options.contamination is None:
+            threshold, quantile = override.threshold, override.quantile
         work = admit_work(request, handle.ref, items=len(x), mc_samples=options.mc_samples)
         scored = handle.score(x, variant=options.score, mc_samples=options.mc_samples, seed=options.seed, work=work)
         out = await unless_disconnected(request, scored, size=len(x) * options.mc_samples)
@@ -195,16 +211,26 @@ async def anomaly_score(request: Request) -> Response:
         flagged = scores[flags]
         shown = (float(flagged.min()) if len(flagged) else None), None
     p_list = p_values.tolist() if p_values is not None else [None] * len(scores)
-    flag_list = flags.tolist()
+    flag_list, values = flags.tolist(), scores.tolist()
+    score_ids = book.ids.issue(model=handle.name, version=handle.version, variant=options.score, scores=values,
+                               threshold=shown[0], flags=flag_list)  # signed, self-describing: no write
+    table = handle.spec.table
+    unseen_by_item: dict[int, list[dict[str, Any]]] = {}
+    for note in unseen:
+        unseen_by_item.setdefault(note["item"], []).append({"column": note["column"], "value": note["value"]})
     histogram = registry.metrics.anomaly_score.labels(model=handle.name, version=handle.version, variant=options.score)
     results = []
-    for i, value in enumerate(scores.tolist()):
+    for i, value in enumerate(values):
         histogram.observe(value)
         result = {"score": value, "reconstruction_nll": float(out["reconstruction_nll"][i]), "kl": float(out["kl"][i]),
                   "percentile": float(percentiles[i]), "p_value": p_list[i],
-                  "threshold": shown[0], "is_anomaly": flag_list[i]}
-        if options.explain:
+                  "threshold": shown[0], "is_anomaly": flag_list[i], "score_id": score_ids[i]}
+        if options.explain and table is not None:
+            result["feature_nll"], result["explanation"] = explanation(table, out["feature_nll"][i])
+        elif options.explain:
             result["feature_nll"] = out["feature_nll"][i]
+        if i in unseen_by_item:
+            result["unseen_categories"] = unseen_by_item[i]
         if options.heatmap:
             result["heatmap_png"] = heatmap_png(out["feature_nll"][i], spec=handle.spec)
         results.append(result)
@@ -212,6 +238,11 @@ async def anomaly_score(request: Request) -> Response:
                             "seed": options.seed, "threshold_quantile": shown[1],
                             "p_value_method": scoring.conformal.method(options.score), "fdr": options.fdr,
                             "p_value_cutoff": cutoff, "results": results}, npy=scores)
+
+
+def _as_items(values: np.ndarray, spec: InputSpec) -> Any:
+    """Decoder outputs as JSON gives them: a table model's as records by column name, others as arrays."""
+    return spec.table.decode(values) if spec.table is not None else values
 
 
 def _png_grid(samples: np.ndarray, *, spec: InputSpec) -> bytes:

@@ -21,13 +21,16 @@ def describe(registry: ModelRegistry) -> dict[str, Any]:
     models = []
     for name, entry in sorted(registry.models.items()):
         versions = [{"version": v, "state": s.state, "ready": s.handle is not None, "error": s.error,
-                     "path": str(s.source.path), "traffic": _share(entry, v)}
+                     "path": str(s.source.path), "traffic": _share(entry, v),
+                     "memory_bytes": s.memory_bytes if s.handle is not None else None}
                     for v, s in entry.slots.items()]
         models.append({"name": name, "default": name == registry.default, "default_version": entry.primary,
                        "policy": entry.policy.to_dict(), "unloaded": entry.unloaded_by_admin,
                        "problem": entry.source.problem, "versions": versions})
-    return {"default_model": registry.default, "max_loaded_models": registry.settings.max_loaded_models or None,
-            "precision": registry.settings.precision, "models": models}
+    settings = registry.settings
+    return {"default_model": registry.default, "max_loaded_models": settings.max_loaded_models or None,
+            "max_loaded_bytes": settings.max_loaded_bytes or None, "loaded_bytes": registry.loader.loaded_bytes(),
+            "precision": settings.precision, "models": models}
 
 
 def _share(entry: ModelEntry, version: str) -> float:

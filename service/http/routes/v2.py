@@ -1,6 +1,10 @@
 """The Open Inference Protocol (KServe v2) over the same batchers and metrics, with Triton's
 binary tensor extension (Inference-Header-Content-Length) and repository extension (index, load,
-unload). Model names are `<model>.<graph>`; the default model's graphs also answer to bare names.
+unload), model configuration and statistics extensions (what perf_analyzer reads).
+
+Names: `<model>.<graph>` is one graph of a model; a model's bare name (what the repository index
+lists) is its default graph, the scorer without the neighbour bank (`scorer_core`, or `scorer` in
+models exported before it); the default model's graphs also answer to bare graph names.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from service.http.body import read_body, unless_disconnected
 from service.http.deps import RegistryDep, SettingsDep, admit_work
 from service.http.routes.models import describe
 from service.http.schemas import ErrorResponse
+from service.settings import Settings
 
 router = APIRouter(prefix="/v2", tags=["KServe v2"], responses={
     code: {"model": ErrorResponse, "description": text} for code, text in (
@@ -55,23 +60,61 @@ def _json(payload: Any, status: int = 200) -> Response:
     return Response(orjson.dumps(payload), status_code=status, media_type="application/json")
 
 
-def address(name: str) -> tuple[str | None, str]:
-    """`<model>.<graph>` -> (model, graph); a bare graph name is the default model's."""
+DEFAULT_GRAPHS = ("scorer_core", "scorer")  # a bare model name's graph: the first the model has
+
+
+def address(registry: RegistryDep, name: str) -> tuple[str | None, str | None]:
+    """(model, graph) of a v2 name: a model's bare name -> (model, None), its default graph;
+    `<model>.<graph>` -> (model, graph); any other bare name -> (None, graph) of the default model."""
+    if name in registry.models:
+        return name, None
     model, dot, graph = name.rpartition(".")
     return (model, graph) if dot else (None, name)
 
 
-def _spec(handle: ModelHandle, name: str) -> dict[str, Any]:
-    spec = handle.runtime.manifest["graphs"].get(address(name)[1])
-    if spec is None:
-        prefix = f"{handle.name}." if address(name)[0] else ""
-        raise NotFound(f"model {name!r} not found; models: {[prefix + g for g in sorted(handle.runtime.manifest['graphs'])]}")
-    return spec
+def _graph(handle: ModelHandle, name: str, graph: str | None) -> tuple[str, dict[str, Any]]:
+    """The graph a name runs on this handle, and its manifest spec (404 naming the graphs if none)."""
+    graphs = handle.runtime.manifest["graphs"]
+    graph = graph if graph is not None else next((g for g in DEFAULT_GRAPHS if g in graphs), "scorer")
+    if graph not in graphs:
+        prefix = f"{handle.name}." if "." in name else ""
+        raise NotFound(f"model {name!r} not found; models: {[prefix + g for g in sorted(graphs)]}")
+    return graph, graphs[graph]
+
+
+def _tensor(t: dict[str, Any]) -> dict[str, Any]:
+    dims = {"batch": -1, "k": -1}
+    return {"name": t["name"], "datatype": NAMES[t["dtype"]], "shape": [dims.get(d, d) for d in t["shape"]]}
+
+
+def _config_tensor(t: dict[str, Any]) -> dict[str, Any]:
+    """A tensor in Triton's model configuration: dims without the batch axis (max_batch_size > 0)."""
+    dims = [-1 if d == "k" else d for d in t["shape"][1:]]
+    entry: dict[str, Any] = {"name": t["name"], "data_type": f"TYPE_{NAMES[t['dtype']]}", "dims": dims or [1]}
+    if not dims:  # one value per item: Triton writes it [1], reshaped to nothing
+        entry["reshape"] = {"shape": []}
+    return entry
+
+
+def triton_config(name: str, spec: dict[str, Any], handle: ModelHandle, settings: Settings) -> dict[str, Any]:
+    """Triton's model configuration (the fields its clients read) of one graph as this service runs it."""
+    onnx = handle.runtime.backend == "onnxruntime"
+    return {
+        "name": name, "platform": "onnxruntime_onnx" if onnx else "pytorch_libtorch",
+        "backend": "onnxruntime" if onnx else "pytorch", "version_policy": {"latest": {"num_versions": 1}},
+        "max_batch_size": settings.max_batch_size,
+        "input": [_config_tensor(t) for t in spec["inputs"]], "output": [_config_tensor(t) for t in spec["outputs"]],
+        "dynamic_batching": {"max_queue_delay_microseconds": round(settings.batch_wait_timeout_s * 1e6),
+                             "default_queue_policy": {"max_queue_size": settings.max_queue_items}},
+        "instance_group": [{"name": name, "kind": "KIND_GPU" if handle.runtime.device == "cuda" else "KIND_CPU",
+                            "count": 1}],
+    }
 
 
 @router.get("", summary="Server metadata")
 async def server_metadata() -> Response:
-    return _json({"name": "vaeserve", "version": "0.1.0", "extensions": ["binary_tensor_data", "model_repository"]})
+    return _json({"name": "vaeserve", "version": "0.1.0", "extensions": [
+        "binary_tensor_data", "model_repository", "model_configuration", "statistics"]})
 
 
 @router.get("/health/live", summary="Server liveness")
@@ -84,26 +127,57 @@ async def ready(registry: RegistryDep) -> Response:
     return _json({"ready": registry.ready}, 200 if registry.ready else 503)
 
 
-@router.get("/models/{name}", summary="Model metadata (`<model>.<graph>`, or a graph of the default model)")
+@router.get("/models/stats", summary="Statistics of every loaded graph (Triton's statistics extension)")
+async def all_statistics(registry: RegistryDep) -> Response:
+    stats = [handle.stats[graph].to_triton(f"{entry.source.name}.{graph}", version)
+             for entry in registry.models.values() for version, slot in entry.slots.items()
+             if (handle := slot.handle) is not None for graph in sorted(handle.stats)]
+    return _json({"model_stats": stats})
+
+
+@router.get("/models/{name}/stats", summary="Statistics of a model's loaded versions")
+@router.get("/models/{name}/versions/{version}/stats", summary="Statistics of one version")
+async def model_statistics(registry: RegistryDep, name: str, version: str | None = None) -> Response:
+    model, graph = address(registry, name)
+    stats = []
+    for v in [version] if version else registry.versions(model):
+        try:
+            handle = registry.loaded(model, v)  # never loads: a version not loaded has no statistics
+        except ModelNotReady:
+            handle = None
+        if handle is not None:
+            stats.append(handle.stats[_graph(handle, name, graph)[0]].to_triton(name, v))
+    return _json({"model_stats": stats})
+
+
+@router.get("/models/{name}/config", summary="Model configuration, in Triton's fields")
+@router.get("/models/{name}/versions/{version}/config", summary="Model configuration (one version)")
+async def model_configuration(registry: RegistryDep, settings: SettingsDep, name: str,
+                              version: str | None = None) -> Response:
+    model, graph = address(registry, name)
+    async with registry.use(model, version or registry.default_version(model)) as handle:
+        spec = _graph(handle, name, graph)[1]
+    return _json(triton_config(name, spec, handle, settings))
+
+
+@router.get("/models/{name}", summary="Model metadata (a model, `<model>.<graph>`, or a graph of the default model)")
 @router.get("/models/{name}/versions/{version}", summary="Model metadata (one version)")
 async def model_metadata(registry: RegistryDep, name: str, version: str | None = None) -> Response:
-    model = address(name)[0]
+    model, graph = address(registry, name)
     async with registry.use(model, version or registry.default_version(model)) as handle:
-        spec = _spec(handle, name)
-    dims = {"batch": -1, "k": -1}
-    tensor = lambda t: {"name": t["name"], "datatype": NAMES[t["dtype"]],  # noqa: E731
-                        "shape": [dims.get(d, d) for d in t["shape"]]}
+        spec = _graph(handle, name, graph)[1]
     platform = "onnxruntime_onnx" if handle.runtime.backend == "onnxruntime" else "pytorch_libtorch"
     return _json({"name": name, "versions": registry.versions(model), "platform": platform,
-                  "inputs": [tensor(t) for t in spec["inputs"]], "outputs": [tensor(t) for t in spec["outputs"]]})
+                  "inputs": [_tensor(t) for t in spec["inputs"]], "outputs": [_tensor(t) for t in spec["outputs"]]})
 
 
 @router.get("/models/{name}/ready", summary="Model readiness (loaded and warm)")
 @router.get("/models/{name}/versions/{version}/ready", summary="Model readiness (one version)")
 async def model_ready(registry: RegistryDep, name: str, version: str | None = None) -> Response:
+    model, graph = address(registry, name)
     try:
-        handle = registry.loaded(address(name)[0], version)
-        ready = handle is not None and bool(_spec(handle, name))
+        handle = registry.loaded(model, version)
+        ready = handle is not None and bool(_graph(handle, name, graph))
     except ModelNotReady:
         ready = False
     return _json({"name": name, "ready": ready}, 200 if ready else 503)
@@ -114,8 +188,9 @@ async def model_ready(registry: RegistryDep, name: str, version: str | None = No
 async def infer(request: Request, registry: RegistryDep, settings: SettingsDep, name: str,
                 version: str | None = None) -> Response:
     body = await read_body(request, settings)
-    async with registry.use(address(name)[0], version) as handle:
-        spec = _spec(handle, name)
+    model, graph = address(registry, name)
+    async with registry.use(model, version) as handle:
+        graph, spec = _graph(handle, name, graph)
         header, binary = _split(body, request.headers.get(HEADER_LENGTH))
         wanted = _requested(header, spec)  # before any work: a wrong output name costs no inference
         feeds = _feeds(header, binary, spec, max_items=settings.max_items_per_request,
@@ -124,7 +199,7 @@ async def infer(request: Request, registry: RegistryDep, settings: SettingsDep, 
         items = len(next(iter(feeds.values())))
         samples = feeds[NOISE_INPUT].shape[1] if NOISE_INPUT in feeds else 1
         work = admit_work(request, handle.ref, items=items, mc_samples=samples)
-        outputs = await unless_disconnected(request, handle.batchers[address(name)[1]].submit(feeds, member=work),
+        outputs = await unless_disconnected(request, handle.batchers[graph].submit(feeds, member=work),
                                             size=items * samples)
     return _response(header, outputs, wanted, model=name, version=handle.version)
 
@@ -168,7 +243,7 @@ async def repository_unload(registry: RegistryDep, name: str) -> Response:
 
 def _repository_model(registry: RegistryDep, name: str) -> str:
     """The repository's model for a load/unload name: the model itself, or one of its `<model>.<graph>`."""
-    model = address(name)[0]
+    model = address(registry, name)[0]
     return model if model is not None and model in registry.models else name
 
 

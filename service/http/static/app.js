@@ -244,6 +244,12 @@ async function boot() {
   $("status").textContent = `ready · ${card.backend} on ${card.device}`;
   $("status").className = "pill good";
   renderCard($("model-card"), card);
+  if (card.input.table) {
+    const { bootTable } = await import("./table.js");
+    await bootTable(card);
+    document.body.dataset.loaded = "true";
+    return;
+  }
   if (!card.input.range) {
     report("sample-error", new Error("this page draws image models; this model takes feature vectors (use the API)"));
     return;

@@ -44,7 +44,8 @@ export function renderCard(container, card) {
     facts([
       ["Model", `${card.model.name} v${card.model.version}`],
       ["Created", card.created],
-      ["Dataset", dataset.name ? `${dataset.name} (${(dataset.class_names ?? dataset.classes ?? []).length} classes)` : undefined],
+      ["Dataset", !dataset.name ? undefined : card.input.table ? `${dataset.name} (table, ${card.input.table.columns.length} columns${card.input.table.ignored.length ? `; ignored: ${card.input.table.ignored.join(", ")}` : ""})`
+        : `${dataset.name} (${(dataset.class_names ?? dataset.classes ?? []).length} classes)`],
       ["Backend", `${card.backend} on ${card.device}`],
       ["Architecture", `${(card.input?.shape ?? []).join("×")} → ${card.config?.architecture === "conv" ? "conv 32→64 → " : ""}${(card.config?.hidden_sizes ?? []).join("→")} → z∈ℝ^${card.latent_dim}`],
       ["Likelihood", card.likelihood],
