@@ -184,7 +184,8 @@ def test_the_client_takes_a_dataframe_and_score_carries_the_id_column(
     np.testing.assert_allclose([float(r[2]) for r in offline[1:]], [float(r[2]) for r in online[1:]], rtol=1e-5)
 
 
-def test_the_page_is_a_form_of_the_columns_and_names_the_column_to_blame(table_server: ServerProcess) -> None:
+def test_the_page_is_a_form_of_the_columns_and_names_the_column_to_blame(table_server: ServerProcess,
+                                                                          table_run: dict[str, Path]) -> None:
     from tests.test_web_page import ARTIFACTS, page_at
 
     with page_at(table_server.url, height=1000) as page:
@@ -194,6 +195,12 @@ def test_the_page_is_a_form_of_the_columns_and_names_the_column_to_blame(table_s
         page.click("#table-score-button")
         page.wait_for_function("document.querySelector('#table-score dd:last-of-type')?.textContent.startsWith('yes')")
         first = page.locator("#table-explanation tbody tr:first-child td:first-child").inner_text()
+        page.click("#table-labels button[data-label=anomaly]")  # the operator's verdict, by its score_id
+        page.wait_for_function("document.querySelector('#feedback-summary tbody tr td:nth-child(3)')"
+                               "?.textContent.startsWith('1 /')")
+        page.set_input_files("#job-upload", str(table_run["parquet"]))
+        page.wait_for_function("[...document.querySelectorAll('#jobs-table tbody td')]"
+                               ".some((td) => td.textContent === 'succeeded')")
         page.fill("#table-form input[name=pressure]", "")
         page.click("#table-score-button")
         page.wait_for_selector("#table-error:not([hidden])")

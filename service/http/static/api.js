@@ -18,9 +18,11 @@ const KEY_STORE = "vaeserve-api-key"; // this tab only: sessionStorage, never a 
 export const apiKey = () => sessionStorage.getItem(KEY_STORE) ?? "";
 export const setApiKey = (key) => (key ? sessionStorage.setItem(KEY_STORE, key) : sessionStorage.removeItem(KEY_STORE));
 
-async function call(path, body) {
+async function call(path, body, method) {
   const headers = apiKey() ? { Authorization: `Bearer ${apiKey()}` } : {};
-  const init = body === undefined ? { headers } : {
+  const init = body === undefined ? { headers, method: method ?? "GET" } : body instanceof Blob ? {
+    method: "POST", headers: { ...headers, "Content-Type": "application/octet-stream" }, body,
+  } : {
     method: "POST", headers: { ...headers, "Content-Type": "application/json" }, body: JSON.stringify(body),
   };
   let response;
@@ -59,4 +61,9 @@ export const api = {
   reconstruct: (inputs) => call(routed("/reconstruct"), { inputs }),
   score: (inputs, options) => call(routed("/anomaly-score"), { inputs, explain: true, ...options }),
   interpolate: (body) => call(routed("/interpolate"), body),
+  feedback: (items) => call(routed("/feedback"), { items }),
+  feedbackSummary: () => call(routed("/feedback/summary")),
+  jobs: () => call("/jobs"),
+  submitJob: (file, model) => call(`/jobs?filename=${encodeURIComponent(file.name)}${model ? `&model=${encodeURIComponent(model)}` : ""}`, file),
+  cancelJob: (id) => call(`/jobs/${encodeURIComponent(id)}`, undefined, "DELETE"),
 };

@@ -2,6 +2,7 @@
 import { api, ApiError, apiKey, modelParam, setApiKey, useModel } from "./api.js";
 import { canvas, channels, drawHeatmap, drawItem, drawPixels, hw } from "./draw.js";
 import { renderCard, startLive } from "./card.js";
+import { offerLabels, startClosedLoop } from "./closed_loop.js";
 
 const $ = (id) => document.getElementById(id);
 // An item is what the API takes: a flat [0, 1] pixel array or a base64 PNG (a data: URL is fine).
@@ -89,6 +90,7 @@ function analyze() {
     fact(dl, "Threshold", `${r.threshold.toFixed(1)} nats (quantile ${scored.threshold_quantile})`);
     fact(dl, "Verdict", r.is_anomaly ? "anomalous" : "normal", r.is_anomaly ? "bad" : "good");
     fact(dl, "Reconstruction NLL + KL", `${r.reconstruction_nll.toFixed(1)} + ${r.kl.toFixed(1)} nats`);
+    offerLabels($("score-labels"), r);
   });
 }
 
@@ -244,6 +246,7 @@ async function boot() {
   $("status").textContent = `ready · ${card.backend} on ${card.device}`;
   $("status").className = "pill good";
   renderCard($("model-card"), card);
+  startClosedLoop();
   if (card.input.table) {
     const { bootTable } = await import("./table.js");
     await bootTable(card);

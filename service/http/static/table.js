@@ -1,6 +1,7 @@
 // A table model's page: a form of its columns (from the model card's schema), the score of a record
 // with each column's share of it, and samples as rows. Everything through the public API.
 import { api, ApiError } from "./api.js";
+import { offerLabels } from "./closed_loop.js";
 
 const $ = (id) => document.getElementById(id);
 const MISSING = "<missing>";
@@ -109,6 +110,7 @@ export async function bootTable(card) {
     try {
       const answer = await api.score([record(form)], {});
       showScore(answer.results[0]);
+      offerLabels($("table-labels"), answer.results[0]);
       report(null);
     } catch (err) {
       report(err);
