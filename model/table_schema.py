@@ -39,12 +39,13 @@ class Column:
     mean: float = 0.0
     std: float = 1.0
     levels: tuple[str, ...] = ()  # categorical: training's levels (MISSING_LEVEL among them when nullable)
+    boolean: bool = False  # categorical of true/false values: decoded back to booleans, not strings
 
     def to_dict(self) -> dict[str, Any]:
         base: dict[str, Any] = {"name": self.name, "kind": self.kind, "nullable": self.nullable}
         if self.kind == "numeric":
             return {**base, "mean": self.mean, "std": self.std}
-        return {**base, "levels": list(self.levels)}
+        return {**base, "levels": list(self.levels), **({"boolean": True} if self.boolean else {})}
 
 
 @dataclass(frozen=True)
@@ -197,7 +198,8 @@ class TableSchema:
         for column in self.categorical:
             probs = rows[:, offset:offset + len(column.levels)]
             best = [column.levels[k] for k in probs.argmax(1)]
-            columns[column.name] = [None if level == MISSING_LEVEL else level for level in best]
+            columns[column.name] = [None if level == MISSING_LEVEL else level == "true" if column.boolean else level
+                                    for level in best]
             offset += len(column.levels) + 1
         return [{c.name: columns[c.name][i] for c in self.columns} for i in range(len(rows))]
 
@@ -210,7 +212,7 @@ class TableSchema:
     def from_dict(cls, data: Mapping[str, Any]) -> TableSchema:
         columns = tuple(
             Column(name=c["name"], kind=c["kind"], nullable=bool(c.get("nullable")), mean=float(c.get("mean", 0.0)),
-                   std=float(c.get("std", 1.0)), levels=tuple(c.get("levels", ())))
+                   std=float(c.get("std", 1.0)), levels=tuple(c.get("levels", ())), boolean=bool(c.get("boolean")))
             for c in data["columns"])
         return cls(columns=columns, ignored=tuple(data.get("ignored", ())))
 

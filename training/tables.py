@@ -86,7 +86,8 @@ def _categorical(path: Path, name: str, values: Any, kind: str) -> Column:
     nullable = any(t is None for t in texts)
     if MISSING_LEVEL in counts:
         raise TableError(f"{path}: column {name!r} uses the reserved value {MISSING_LEVEL!r}")
-    return Column(name=name, kind="categorical", nullable=nullable, levels=tuple(levels + [MISSING_LEVEL] * nullable))
+    return Column(name=name, kind="categorical", nullable=nullable, levels=tuple(levels + [MISSING_LEVEL] * nullable),
+                  boolean=kind == "boolean")
 
 
 def describe(schema: TableSchema) -> str:

@@ -159,6 +159,7 @@ def test_reconstructions_and_samples_are_records(table_server: ServerProcess, ta
     assert set(recon["reconstructions"][0]) == {"site", "temperature", "pressure", "humidity", "valve_open"}
     samples = httpx.post(table_server.url + "/sample", json={"n": 50, "seed": 0}, timeout=30).json()["samples"]
     assert {s["site"] for s in samples} <= {"A", "B", "C", None}
+    assert {s["valve_open"] for s in samples} <= {True, False}, "a boolean column comes back as booleans"
     pressures = np.array([s["pressure"] for s in samples])
     assert 1020 < pressures.mean() < 1065, "samples in training units, not standardized"
 
