@@ -4,6 +4,7 @@ benchmarks/job_latency.py."""
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import httpx
 import numpy as np
@@ -25,22 +26,18 @@ def single_item_latencies(url: str, items: np.ndarray, *, requests: int, gap_s: 
     return out
 
 
-def upload_job(url: str, path: str, *, timeout_s: float = 300, **options: object) -> dict:
-    """POST /jobs with the file as the body; the 202 answer."""
-    params = {"filename": path.rsplit("/", 1)[-1], **{k: str(v) for k, v in options.items()}}
-    with open(path, "rb") as handle:
-        response = httpx.post(url + "/jobs", params=params, content=handle.read(), timeout=timeout_s,
-                              headers={"content-type": "application/octet-stream"})
-    assert response.status_code == 202, response.text
-    return dict(response.json())
+def upload_job(url: str, path: str, **options: Any) -> dict:
+    """POST /jobs with the file as the body (the client's submit_job); the 202 answer."""
+    from service.client import VAEClient
+
+    with VAEClient(url, max_retries=0) as client:
+        return client.submit_job(path, **options)
 
 
-def wait_for_job(url: str, job_id: str, *, timeout_s: float = 600, until: tuple[str, ...] = ("succeeded", "failed",
-                                                                                            "cancelled")) -> dict:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        job = dict(httpx.get(f"{url}/jobs/{job_id}", timeout=30).json())
-        if job["state"] in until:
-            return job
-        time.sleep(0.2)
-    raise TimeoutError(f"job {job_id} not {until} within {timeout_s}s")
+def wait_for_job(url: str, job_id: str, *, timeout_s: float = 600,
+                 until: tuple[str, ...] = ("succeeded", "failed", "cancelled")) -> dict:
+    """The client's wait_for_job, polling every 0.2 s."""
+    from service.client import VAEClient
+
+    with VAEClient(url) as client:
+        return client.wait_for_job(job_id, timeout_s=timeout_s, poll_s=0.2, until=until)

@@ -55,9 +55,12 @@ class TableSchema:
     columns: tuple[Column, ...]
     ignored: tuple[str, ...] = ()
     by_name: dict[str, Column] = field(init=False, repr=False, compare=False)
+    owners: np.ndarray = field(init=False, repr=False, compare=False)  # (width,) each feature's column index
 
-    def __post_init__(self) -> None:
+    def __post_init__(self) -> None:  # derived once: read for every request
         object.__setattr__(self, "by_name", {c.name: c for c in self.columns})
+        index = {c.name: i for i, c in enumerate(self.columns)}
+        object.__setattr__(self, "owners", np.array([index[name] for name in self.feature_columns()], dtype=np.intp))
 
     # -- layout -------------------------------------------------------------------------------------
     @property
@@ -94,10 +97,8 @@ class TableSchema:
 
     def column_nll(self, feature_nll: np.ndarray) -> np.ndarray:
         """(n, width) per-feature NLL -> (n, columns) per-column NLL, in self.columns' order."""
-        index = {c.name: i for i, c in enumerate(self.columns)}
-        owner = np.array([index[name] for name in self.feature_columns()])
         out = np.zeros((len(feature_nll), len(self.columns)), dtype=np.float64)
-        np.add.at(out.T, owner, np.asarray(feature_nll, dtype=np.float64).T)
+        np.add.at(out.T, self.owners, np.asarray(feature_nll, dtype=np.float64).T)
         return out
 
     # -- encoding -----------------------------------------------------------------------------------

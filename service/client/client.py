@@ -284,9 +284,11 @@ class VAEClient(_Base):
     def cancel_job(self, job_id: str) -> dict[str, Any]:
         return self._send(closed_loop.cancel_job(job_id))
 
-    def wait_for_job(self, job_id: str, *, timeout_s: float = 3600, poll_s: float = 0.5) -> dict[str, Any]:
+    def wait_for_job(self, job_id: str, *, timeout_s: float = 3600, poll_s: float = 0.5,
+                     until: tuple[str, ...] = closed_loop.JOB_DONE) -> dict[str, Any]:
+        """Poll the job until its state is one of `until` (by default: it has ended)."""
         deadline = time.monotonic() + timeout_s
-        while (state := self.job(job_id))["state"] not in closed_loop.JOB_DONE:
+        while (state := self.job(job_id))["state"] not in until:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"job {job_id} still {state['state']} after {timeout_s}s")
             time.sleep(poll_s)

@@ -9,6 +9,7 @@ import logging
 import secrets
 import sqlite3
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from service.core.errors import ModelNotReady
 from service.core.jobs import JobBoard, JobRunner
@@ -17,6 +18,9 @@ from service.core.score_ids import ScoreIds
 from service.core.store import Store, open_store
 from service.core.thresholds import Override, ThresholdPolicies
 from service.settings import Settings
+
+if TYPE_CHECKING:
+    from service.core.handle import ModelHandle
 
 log = logging.getLogger("vaeserve.bookkeeping")
 SECRET_KEY = "score_id_secret"
@@ -76,6 +80,13 @@ class Bookkeeping:
     def override(self, model: str, version: str, variant: str) -> Override | None:
         """The recalibrated threshold a version serves, if any: a dict lookup, never I/O (the scoring path)."""
         return self._thresholds.get(model, version, variant) if self._thresholds is not None else None
+
+    def served_threshold(self, handle: ModelHandle, variant: str, *, target_fpr: float | None = None,
+                         contamination: float | None = None) -> tuple[float, float | None]:
+        """ThresholdPolicies.served; the manifest's threshold while no store has been opened."""
+        if self._thresholds is None:
+            return handle.scoring.threshold(variant, target_fpr=target_fpr, contamination=contamination)
+        return self._thresholds.served(handle, variant, target_fpr=target_fpr, contamination=contamination)
 
     @property
     def jobs(self) -> JobBoard:

@@ -62,8 +62,11 @@ def _parse_array(array: np.ndarray, *, field: str, schema: TableSchema,
         raise InvalidInput(f"{field}{exc}") from None
 
 
-def explanation(schema: TableSchema, feature_nll: np.ndarray) -> tuple[list[float], list[dict[str, Any]]]:
-    """One item's per-feature NLL -> (per-column NLL in column order, columns by NLL, largest first)."""
-    per_column = schema.column_nll(np.asarray(feature_nll)[None])[0]
-    ranked = sorted(zip((c.name for c in schema.columns), per_column.tolist()), key=lambda item: -item[1])
-    return per_column.tolist(), [{"column": name, "nll": nll} for name, nll in ranked]
+def explanations(schema: TableSchema, feature_nll: np.ndarray) -> list[tuple[list[float], list[dict[str, Any]]]]:
+    """Per-feature NLL (n, width) -> per item: (per-column NLL in column order, columns by NLL, largest first)."""
+    names = [c.name for c in schema.columns]
+    out = []
+    for per_column in schema.column_nll(np.asarray(feature_nll)).tolist():
+        ranked = sorted(zip(names, per_column), key=lambda item: -item[1])
+        out.append((per_column, [{"column": name, "nll": nll} for name, nll in ranked]))
+    return out

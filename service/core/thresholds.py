@@ -13,9 +13,12 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from service.core.store import Store, ThresholdRow
+
+if TYPE_CHECKING:
+    from service.core.handle import ModelHandle
 
 log = logging.getLogger("vaeserve.thresholds")
 REFRESH_S = 1.0
@@ -38,6 +41,16 @@ class ThresholdPolicies:
 
     def get(self, model: str, version: str, variant: str) -> Override | None:
         return self.active.get((model, version, variant)) if self.active else None
+
+    def served(self, handle: ModelHandle, variant: str, *, target_fpr: float | None = None,
+               contamination: float | None = None) -> tuple[float, float | None]:
+        """(threshold, quantile) a version serves for a variant: the rate a request asks for, else the
+        recalibrated threshold, else the manifest's. A dict lookup, never I/O (the scoring path)."""
+        override = self.get(handle.name, handle.version, variant)
+        if override is not None and target_fpr is None and contamination is None:
+            handle.scoring.scorer(variant)  # InvalidInput for a variant the model cannot compute, as without one
+            return override.threshold, override.quantile
+        return handle.scoring.threshold(variant, target_fpr=target_fpr, contamination=contamination)
 
     def load(self) -> None:
         """Read the active revisions (blocking: run it off the loop)."""

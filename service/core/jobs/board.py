@@ -66,11 +66,8 @@ class JobBoard:
                                              max_bytes=s.max_job_upload_bytes)
         async with self.registry.use(model, version) as handle:
             handle.scoring.scorer(options.score)  # InvalidInput for a variant the model cannot compute
-            threshold, quantile = handle.scoring.threshold(options.score, target_fpr=options.target_fpr,
-                                                           contamination=options.contamination)
-            override = self.thresholds.get(handle.name, handle.version, options.score)
-            if override is not None and options.target_fpr is None and options.contamination is None:
-                threshold, quantile = override.threshold, override.quantile
+            threshold, quantile = self.thresholds.served(handle, options.score, target_fpr=options.target_fpr,
+                                                         contamination=options.contamination)
             items = await asyncio.to_thread(load_items, source, spec=handle.spec, max_items=s.max_job_items)
             ref = handle.ref
         try:

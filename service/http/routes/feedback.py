@@ -116,9 +116,7 @@ async def _score_item(request: Request, handle: ModelHandle, body: FeedbackReque
     work = admit_work(request, handle.ref, items=1, mc_samples=body.mc_samples)
     out = await handle.score(x, variant=body.score, mc_samples=body.mc_samples, seed=body.seed, work=work)
     score = float(out[score_output(body.score)][0])
-    threshold, _ = handle.scoring.threshold(body.score)
-    override = book_of(request).override(handle.name, handle.version, body.score)
-    threshold = override.threshold if override is not None else threshold
+    threshold, _ = book_of(request).served_threshold(handle, body.score)
     digest = hashlib.sha256(f"{handle.name}\0{handle.version}\0{body.score}\0{body.mc_samples}\0{body.seed}\0".encode()
                             + x.tobytes()).hexdigest()[:32]
     return FeedbackRow(f"item:{digest}", handle.name, handle.version, body.score, score, threshold,

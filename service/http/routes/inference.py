@@ -27,7 +27,7 @@ from service.core.inputs import (
     to_pixels,
 )
 from service.core.npy import npy_bytes
-from service.core.table_inputs import explanation, parse_model_items
+from service.core.table_inputs import explanations, parse_model_items
 from service.http import schemas
 from service.http.body import NPY, read_request, unless_disconnected, validate_options, wants_npy
 from service.http.deps import SettingsDep, admit_work, app_services, model_address
@@ -189,12 +189,9 @@ async def anomaly_score(request: Request) -> Response:
         scoring = handle.scoring
         if options.fdr is not None and scoring.conformal.method(options.score) is None:
             raise InvalidInput(f"fdr: the model has no calibration scores for variant {options.score!r}")
-        threshold, quantile = scoring.threshold(options.score, target_fpr=options.target_fpr,
-                                                contamination=options.contamination)
         book = request.app.state.bookkeeping
-        override = book.override(handle.name, handle.version, options.score)  # a recalibrated threshold
-        if override is not None and options.target_fpr is None and options.contamination is None:
-            threshold, quantile = override.threshold, override.quantile
+        threshold, quantile = book.served_threshold(handle, options.score, target_fpr=options.target_fpr,
+                                                    contamination=options.contamination)
         work = admit_work(request, handle.ref, items=len(x), mc_samples=options.mc_samples)
         scored = handle.score(x, variant=options.score, mc_samples=options.mc_samples, seed=options.seed, work=work)
         out = await unless_disconnected(request, scored, size=len(x) * options.mc_samples)
@@ -215,6 +212,7 @@ async def anomaly_score(request: Request) -> Response:
     score_ids = book.ids.issue(model=handle.name, version=handle.version, variant=options.score, scores=values,
                                threshold=shown[0], flags=flag_list)  # signed, self-describing: no write
     table = handle.spec.table
+    explained = explanations(table, out["feature_nll"]) if options.explain and table is not None else []
     unseen_by_item: dict[int, list[dict[str, Any]]] = {}
     for note in unseen:
         unseen_by_item.setdefault(note["item"], []).append({"column": note["column"], "value": note["value"]})
@@ -226,7 +224,7 @@ async def anomaly_score(request: Request) -> Response:
                   "percentile": float(percentiles[i]), "p_value": p_list[i],
                   "threshold": shown[0], "is_anomaly": flag_list[i], "score_id": score_ids[i]}
         if options.explain and table is not None:
-            result["feature_nll"], result["explanation"] = explanation(table, out["feature_nll"][i])
+            result["feature_nll"], result["explanation"] = explained[i]
         elif options.explain:
             result["feature_nll"] = out["feature_nll"][i]
         if i in unseen_by_item:
